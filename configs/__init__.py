@@ -1,0 +1,1 @@
+"""Shipped presets: this folder is installed as the package sftctl.configs (see pyproject.toml)."""

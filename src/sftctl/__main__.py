@@ -1,0 +1,3 @@
+from sftctl.cli import main
+
+main()

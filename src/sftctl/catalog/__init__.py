@@ -1,0 +1,76 @@
+"""The ms-swift ``swift sft`` argument catalogs, one data file per major version.
+
+The data is generated from real installs by ``scripts/gen_catalogs.py`` and shipped
+as package data; reading it imports nothing from ms-swift.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+SUPPORTED_MAJORS = (3, 4)
+
+
+@dataclass(frozen=True)
+class Argument:
+    """One ``swift sft`` argument as ms-swift's parser defines it."""
+
+    name: str
+    flags: tuple[str, ...]
+    type: str
+    nargs: str | None
+    choices: tuple[str, ...] | None
+    default: Any
+    help: str
+
+    @property
+    def is_list(self) -> bool:
+        return self.nargs in ("+", "*")
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Every argument of one ms-swift major version."""
+
+    major: int
+    swift_version: str
+    arguments: dict[str, Argument]
+
+    def get(self, name: str) -> Argument | None:
+        return self.arguments.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.arguments
+
+    def near(self, name: str, n: int = 3) -> list[str]:
+        """Names close to ``name`` (for did-you-mean)."""
+        return difflib.get_close_matches(name, list(self.arguments), n=n, cutoff=0.75)
+
+    def expansions(self, name: str) -> list[str]:
+        """Names argparse would accept ``name`` as an abbreviation of."""
+        return sorted(a for a in self.arguments if a.startswith(name) and a != name)
+
+
+@cache
+def load(major: int) -> Catalog:
+    """Load the shipped catalog of ms-swift ``major``."""
+    path = resources.files("sftctl.catalog.data").joinpath(f"swift{major}.json")
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    args = {
+        name: Argument(
+            name=name,
+            flags=tuple(spec.get("flags", ())),
+            type=spec.get("type", "str"),
+            nargs=spec.get("nargs"),
+            choices=tuple(str(c) for c in spec["choices"]) if spec.get("choices") else None,
+            default=spec.get("default"),
+            help=spec.get("help") or "",
+        )
+        for name, spec in raw["arguments"].items()
+    }
+    return Catalog(major=int(raw["major"]), swift_version=str(raw["swift_version"]), arguments=args)

@@ -1,0 +1,31 @@
+"""Which GPUs this machine makes visible, found without importing torch."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Mapping
+
+from sftctl.layout import parse_gpu_list
+
+
+def visible_gpus(env: Mapping[str, str]) -> list[int] | None:
+    """CUDA_VISIBLE_DEVICES when set, else the GPUs nvidia-smi lists; [] when there is none.
+
+    None means the visible set cannot be known (e.g. CUDA_VISIBLE_DEVICES holds UUIDs).
+    """
+    if "CUDA_VISIBLE_DEVICES" in env:
+        return parse_gpu_list(env["CUDA_VISIBLE_DEVICES"])
+    smi = shutil.which("nvidia-smi", path=env.get("PATH"))
+    if smi is None:
+        return []
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=20, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return []
+    return [int(line) for line in out.stdout.split() if line.strip().isdigit()]

@@ -1,0 +1,75 @@
+"""The shape of a run config: ``description``, ``extends``, ``swift_version``,
+``launch``, ``env`` and ``args``. Knows nothing of shells or ms-swift's flags;
+``args`` are checked against the ms-swift catalog in ``checks.py``."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Launch(BaseModel):
+    """How the training command is started on each node."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    launcher: Literal["swift", "torchrun"] = Field(
+        "swift",
+        description="swift: NPROC_PER_NODE=N swift sft; "
+        "torchrun: torchrun --nproc_per_node=N --master_port=P --no_python swift sft",
+    )
+    gpus: list[int] | None = Field(
+        None,
+        description="GPU ids for CUDA_VISIBLE_DEVICES; omitted: inherit the environment's",
+    )
+    nproc_per_node: int = Field(1, ge=1, description="training processes per node")
+    master_port: int | None = Field(
+        None, ge=1, le=65535, description="rendezvous port; omitted: a free one at launch"
+    )
+    nnodes: int = Field(1, ge=1, description="number of nodes")
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _split_gpu_string(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            return [] if not text else [part.strip() for part in text.split(",")]
+        if isinstance(value, int) and not isinstance(value, bool):
+            return [value]
+        return value
+
+
+class RunConfig(BaseModel):
+    """A fully merged run config (after ``extends`` and overrides)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str = Field("", description="what this run is for")
+    extends: str | None = Field(None, description="a preset name or a path to a YAML file")
+    swift_version: int | str | None = Field(
+        None, description="the ms-swift major version this config targets (3 or 4)"
+    )
+    launch: Launch = Field(default_factory=Launch)  # type: ignore[arg-type]
+    env: dict[str, str] = Field(
+        default_factory=dict, description="extra environment variables for the run"
+    )
+    args: dict[str, Any] = Field(
+        default_factory=dict, description="ms-swift arguments by their ms-swift names"
+    )
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_values_as_text(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {
+                k: ("true" if v is True else "false" if v is False else str(v))
+                if isinstance(v, (int, float, bool))
+                else v
+                for k, v in value.items()
+            }
+        return value
+
+
+TOP_LEVEL_KEYS = tuple(RunConfig.model_fields)
+LAUNCH_KEYS = tuple(Launch.model_fields)

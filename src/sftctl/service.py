@@ -1,0 +1,89 @@
+"""What the commands do, in library form: the CLI calls these and prints the results."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from sftctl.errors import ConfigError, Problem, SftctlError, UsageError
+from sftctl.resolve import Overrides, Resolved, resolve
+
+FORMATS = ("sh", "json", "swift-yaml")
+
+
+def render_text(target: str, overrides: Overrides, fmt: str) -> str:
+    """Resolve ``target`` and render it in ``fmt``."""
+    from sftctl import render
+
+    if fmt not in FORMATS:
+        raise UsageError(f"--format: unknown format '{fmt}' (fix: use one of {', '.join(FORMATS)})")
+    resolved = resolve(target, overrides)
+    cmd = render.command(resolved, builtin_paths(resolved))
+    if fmt == "json":
+        return render.to_json(resolved, cmd)
+    if fmt == "swift-yaml":
+        return render.to_swift_yaml(resolved, cmd)
+    return render.to_sh(resolved, cmd)
+
+
+def builtin_paths(resolved: Resolved) -> dict[str, str]:
+    """Where builtin assets referenced by the run live (or will, once materialised)."""
+    return {}
+
+
+def check_drift(path: Path, text: str) -> None:
+    """Raise when ``path`` differs from ``text`` (the rendering), with a diff."""
+    try:
+        current = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(problems=[Problem(str(path), f"cannot read: {exc.strerror}",
+                                            "render it once with -o FILE")]) from None
+    if current != text:
+        diff = "".join(difflib.unified_diff(current.splitlines(True), text.splitlines(True),
+                                            str(path), "rendered"))
+        raise ConfigError(f"{path}: differs from the rendering (fix: re-render with -o {path})\n{diff}")
+
+
+def write_atomic(path: Path, text: str, executable: bool = False) -> None:
+    """Write via a temporary file and rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        if executable:
+            os.chmod(tmp, 0o755)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def validate_many(targets: Sequence[str], overrides: Overrides, host: bool = False) -> dict[str, list[Problem]]:
+    """Every problem of every target; ``host`` adds the checks that depend on this machine."""
+    out: dict[str, list[Problem]] = {}
+    for target in targets:
+        try:
+            resolved = resolve(target, overrides)
+        except UsageError:
+            raise
+        except SftctlError as exc:
+            out[target] = exc.problems or [Problem("", str(exc))]
+            continue
+        if host:
+            from sftctl import hostcheck
+
+            out[target] = hostcheck.check(resolved, os.environ, path_of=builtin_paths(resolved))
+        else:
+            out[target] = []
+    return out
+
+
+def run(target: str, overrides: Overrides) -> int:
+    """Host checks, then launch and supervise the run; returns its exit code."""
+    from sftctl import launch
+
+    return launch.run(target, overrides)

@@ -1,0 +1,185 @@
+"""YAML as users write it: YAML 1.2 scalars, no duplicate keys, numbers kept as written.
+
+PyYAML implements YAML 1.1, where ``no`` is false and ``1e-4`` is a string; ms-swift
+users write ``eval_strategy: no`` and ``learning_rate: 1e-4`` and mean a string and a
+float. Duplicate keys are silently collapsed by PyYAML; here they are errors.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sftctl.errors import ConfigError, Problem
+
+
+class WrittenFloat(float):
+    """A float that remembers its source text, so ``1e-4`` renders as ``1e-4``."""
+
+    text: str
+
+    def __new__(cls, text: str) -> WrittenFloat:
+        obj = super().__new__(cls, float(text.replace("_", "")))
+        obj.text = text
+        return obj
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __reduce__(self) -> tuple[type[WrittenFloat], tuple[str]]:
+        return (WrittenFloat, (self.text,))
+
+
+_BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+_NULL = re.compile(r"^(?:~|null|Null|NULL|)$")
+_INT = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
+_FLOAT = re.compile(
+    r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 core-schema scalars and duplicate-key detection."""
+
+
+# Start from no implicit resolvers, then add the YAML 1.2 core schema.
+_Loader.yaml_implicit_resolvers = {}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", _BOOL, list("tTfF"))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:null", _NULL, ["~", "n", "N", ""])
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", _INT, list("-+0123456789"))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789.n"))
+
+
+def _construct_bool(loader: _Loader, node: yaml.ScalarNode) -> bool:
+    return str(loader.construct_scalar(node)).lower() == "true"
+
+
+def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
+    text = str(loader.construct_scalar(node))
+    return int(text, 0) if text[:2] in ("0o", "0x") else int(text)
+
+
+def _construct_float(loader: _Loader, node: yaml.ScalarNode) -> float:
+    text = str(loader.construct_scalar(node))
+    if text.lower().lstrip("+-") in (".inf", ".nan"):
+        return float(text.replace(".", ""))
+    return WrittenFloat(text)
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    result: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in result:
+            mark = key_node.start_mark
+            raise _DuplicateKey(str(key), mark.line + 1, mark.column + 1)
+        result[key] = loader.construct_object(value_node, deep=True)
+    return result
+
+
+_Loader.add_constructor("tag:yaml.org,2002:bool", _construct_bool)
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_Loader.add_constructor("tag:yaml.org,2002:float", _construct_float)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str, line: int, column: int) -> None:
+        super().__init__(key)
+        self.key, self.line, self.column = key, line, column
+
+
+def parse_scalar(text: str) -> Any:
+    """Parse one value the way a YAML file would (used for ``--set`` and flow lists)."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except (yaml.YAMLError, _DuplicateKey):
+        return text
+
+
+def load_text(text: str, source: str) -> dict[str, Any]:
+    """Load a config document; the top level must be a non-empty mapping."""
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except _DuplicateKey as exc:
+        raise ConfigError(
+            problems=[
+                Problem(
+                    f"{source}:{exc.line}:{exc.column}",
+                    f"duplicate key '{exc.key}' (YAML would silently keep only the last one)",
+                    "keep one of them",
+                )
+            ]
+        ) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        what = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(
+            problems=[Problem(where, f"malformed YAML: {what}", "fix the syntax at that line")]
+        ) from None
+    if data is None:
+        raise ConfigError(
+            problems=[
+                Problem(source, "the file is empty", "write a mapping, e.g. 'extends: cpu-smoke'")
+            ]
+        )
+    if not isinstance(data, dict):
+        raise ConfigError(
+            problems=[
+                Problem(
+                    source,
+                    f"the top level must be a mapping of keys, not a {type(data).__name__}",
+                    "write 'key: value' lines (description, extends, launch, env, args)",
+                )
+            ]
+        )
+    return data
+
+
+def load_file(path: Path) -> dict[str, Any]:
+    """Read and load a YAML config file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            problems=[Problem(str(path), f"cannot read the file: {exc.strerror}", None)]
+        ) from None
+    return load_text(text, str(path))
+
+
+class _Dumper(yaml.SafeDumper):
+    """Dumps WrittenFloat as written and keeps key order."""
+
+
+def _represent_written(dumper: _Dumper, value: WrittenFloat) -> yaml.ScalarNode:
+    return dumper.represent_scalar("tag:yaml.org,2002:float", value.text)
+
+
+def _represent_str(dumper: _Dumper, value: str) -> yaml.ScalarNode:
+    # Quote strings a YAML 1.1 reader (ms-swift's PyYAML) would turn into bools or numbers.
+    style = None
+    if "\n" in value:
+        style = "|"
+    elif _looks_typed(value):
+        style = "'"
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+def _looks_typed(value: str) -> bool:
+    resolved = yaml.safe_load(value) if value.strip() == value and value else value
+    return not isinstance(resolved, str) or bool(_FLOAT.match(value))
+
+
+_Dumper.add_representer(WrittenFloat, _represent_written)
+_Dumper.add_representer(str, _represent_str)
+
+
+def dump(data: Any) -> str:
+    """Dump to YAML that both YAML 1.1 (PyYAML, ms-swift) and 1.2 read the same way."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
