@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from sftctl.dialect import RENAMED_3_TO_4
 from sftctl.presets import PresetInfo
 from sftctl.resolve import Overrides, Resolved, resolve
 from sftctl.yamlio import dump
@@ -35,13 +36,22 @@ def _with_origin(resolved: Resolved) -> list[str]:
                 continue
             lines.append(f"{section}:")
             for key, sub in value.items():
-                text = dump({key: sub}).rstrip("\n").replace("\n", "\n  ")
-                src = origin.get(f"{section}.{key}", "default")
+                text = dump({key: sub}, for_people=True).rstrip("\n").replace("\n", "\n  ")
+                src = _origin_of(origin, section, key)
                 lines.append(f"  {text}  # {src}")
         else:
-            text = dump({section: value}).rstrip("\n")
+            text = dump({section: value}, for_people=True).rstrip("\n")
             lines.append(f"{text}  # {origin.get(section, 'default')}")
     return lines
+
+
+def _origin_of(origin: dict[str, str], section: str, key: str) -> str:
+    """Which layer set ``section.key``, under any version's spelling of the name."""
+    for name in (key, *[old for old, new in RENAMED_3_TO_4.items() if new == key],
+                 RENAMED_3_TO_4.get(key, key)):
+        if f"{section}.{name}" in origin:
+            return origin[f"{section}.{name}"]
+    return "default"
 
 
 def summary_lines(resolved: Resolved) -> list[str]:

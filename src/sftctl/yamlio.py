@@ -154,15 +154,32 @@ def load_file(path: Path) -> dict[str, Any]:
 
 
 class _Dumper(yaml.SafeDumper):
-    """Dumps WrittenFloat as written and keeps key order."""
+    """YAML 1.1 output (what ms-swift's PyYAML reads): typed-looking strings quoted."""
 
 
-def _represent_written(dumper: _Dumper, value: WrittenFloat) -> yaml.ScalarNode:
+class _Dumper12(yaml.SafeDumper):
+    """YAML 1.2 output for people: numbers exactly as written."""
+
+
+_Dumper12.yaml_implicit_resolvers = _Loader.yaml_implicit_resolvers
+
+
+def _represent_written_11(dumper: _Dumper, value: WrittenFloat) -> yaml.ScalarNode:
+    # YAML 1.1 reads 1e-4 as a string; write a form it reads as a float.
+    text = value.text if _resolves_to_float_11(value.text) else repr(float(value))
+    return dumper.represent_scalar("tag:yaml.org,2002:float", text)
+
+
+def _resolves_to_float_11(text: str) -> bool:
+    return isinstance(yaml.safe_load(text), float)
+
+
+def _represent_written_12(dumper: _Dumper12, value: WrittenFloat) -> yaml.ScalarNode:
     return dumper.represent_scalar("tag:yaml.org,2002:float", value.text)
 
 
-def _represent_str(dumper: _Dumper, value: str) -> yaml.ScalarNode:
-    # Quote strings a YAML 1.1 reader (ms-swift's PyYAML) would turn into bools or numbers.
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    # Quote strings that a YAML 1.1 or 1.2 reader would turn into bools or numbers.
     style = None
     if "\n" in value:
         style = "|"
@@ -172,14 +189,25 @@ def _represent_str(dumper: _Dumper, value: str) -> yaml.ScalarNode:
 
 
 def _looks_typed(value: str) -> bool:
-    resolved = yaml.safe_load(value) if value.strip() == value and value else value
-    return not isinstance(resolved, str) or bool(_FLOAT.match(value))
+    if not value or value.strip() != value:
+        return False
+    return not isinstance(yaml.safe_load(value), str) or not isinstance(parse_scalar(value), str)
 
 
-_Dumper.add_representer(WrittenFloat, _represent_written)
+def _represent_list(dumper: yaml.SafeDumper, value: list[Any]) -> yaml.SequenceNode:
+    flat = all(not isinstance(v, (dict, list)) for v in value)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=flat)
+
+
+for _d in (_Dumper, _Dumper12):
+    _d.add_representer(list, _represent_list)
+_Dumper.add_representer(WrittenFloat, _represent_written_11)
 _Dumper.add_representer(str, _represent_str)
+_Dumper12.add_representer(WrittenFloat, _represent_written_12)
+_Dumper12.add_representer(str, _represent_str)
 
 
-def dump(data: Any) -> str:
-    """Dump to YAML that both YAML 1.1 (PyYAML, ms-swift) and 1.2 read the same way."""
-    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
+def dump(data: Any, *, for_people: bool = False) -> str:
+    """Dump YAML: for ms-swift (YAML 1.1 reader) or, with ``for_people``, as written."""
+    return yaml.dump(data, Dumper=_Dumper12 if for_people else _Dumper, sort_keys=False,
+                     allow_unicode=True, width=100)

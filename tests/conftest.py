@@ -1,0 +1,67 @@
+"""Shared fixtures: an isolated user preset folder and cache, a CLI runner, config files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _isolated(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """No test reads or writes the real user's presets or cache."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("SFTCTL_PRESETS", str(home / "presets"))
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.delenv("SFTCTL_SWIFT_VERSION", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    yield
+
+
+@pytest.fixture
+def cli() -> CliRunner:
+    """Typer's runner with a fixed terminal width."""
+    return CliRunner(env={"COLUMNS": "120", "TERM": "dumb"})
+
+
+@pytest.fixture
+def write(tmp_path: Path) -> Callable[[str, str], Path]:
+    """Write a config file under tmp_path and return its path."""
+
+    def _write(name: str, text: str) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return _write
+
+
+def sftctl_exe() -> list[str]:
+    """The installed console script, as a user runs it."""
+    exe = Path(sys.executable).parent / "sftctl"
+    if exe.exists():
+        return [str(exe)]
+    found = shutil.which("sftctl")
+    return [found] if found else [sys.executable, "-m", "sftctl"]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment for a subprocess of sftctl, without inherited GPU or version hints."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("SFTCTL_SWIFT_VERSION", "CUDA_VISIBLE_DEVICES", "NPROC_PER_NODE", "NNODES")
+    }
+    env["NO_COLOR"] = "1"
+    env.update(extra)
+    return env
