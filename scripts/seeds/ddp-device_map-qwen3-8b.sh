@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Rendered by sftctl 0.1.0 from preset ddp-device_map-qwen3-8b for ms-swift 4.x (--swift-version)
+# Layout: DDP over 4 processes, each splitting the model over 2 GPUs with device_map
+# Purpose: Full SFT of Qwen3-8B, DDP over 4 processes x 2 GPUs each (device_map), 8 GPUs
+set -euo pipefail
+unset NNODES
+export CUDA_VISIBLE_DEVICES=0,1,2,3,4,5,6,7
+export NPROC_PER_NODE=4
+if [ -z "${SWANLAB_API_KEY:-}" ] && [ -n "${SWANLAB_TOKEN:-}" ]; then export SWANLAB_API_KEY="$SWANLAB_TOKEN"; fi
+exec swift sft \
+    --model Qwen/Qwen3-8B \
+    --tuner_type full \
+    --dataset train_dataset.json \
+    --torch_dtype bfloat16 \
+    --attn_impl flash_attn \
+    --num_train_epochs 5 \
+    --per_device_train_batch_size 16 \
+    --per_device_eval_batch_size 16 \
+    --gradient_accumulation_steps 2 \
+    --learning_rate 1e-4 \
+    --eval_steps 50 \
+    --save_steps 100 \
+    --save_total_limit 4 \
+    --logging_steps 5 \
+    --max_length 2048 \
+    --warmup_ratio 0.05 \
+    --dataloader_num_workers 8 \
+    --output_dir output \
+    --report_to swanlab \
+    --swanlab_project swift_sft_full \
+    --swanlab_mode cloud \
+    --swanlab_exp_name ddp-mp_Qwen3-8B \
+    --gradient_checkpointing_kwargs '{"use_reentrant": false}'
