@@ -175,11 +175,15 @@ def show(
     model: ModelOpt = None,
     swift_version: VersionOpt = None,
 ) -> None:
-    """Show the resolved config: each key with the file that set it, the effective batch and layout."""
+    """Show a resolved config (each key with the file that set it, effective batch, layout) or a run folder's manifest."""
     from sftctl import show as show_mod
 
     with boundary():
-        show_mod.show_target(_target(target, preset, config), _overrides(set_, gpus, model, swift_version))  # type: ignore[arg-type]
+        name = _target(target, preset, config)
+        if Path(name).is_dir():
+            show_mod.show_run(Path(name))
+            return
+        show_mod.show_target(name, _overrides(set_, gpus, model, swift_version))  # type: ignore[arg-type]
 
 
 @app.command()
@@ -192,8 +196,13 @@ def run(
     model: ModelOpt = None,
     swift_version: VersionOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the script; start nothing.")] = False,
+    detach: Annotated[bool, typer.Option("--detach", help="Run in the background; survives the terminal.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last complete checkpoint in output_dir.")] = False,
+    grace: Annotated[float, typer.Option("--grace", help="Seconds between forwarding a signal and SIGKILL.")] = 30.0,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress display.")] = False,
+    run_id: Annotated[str | None, typer.Option("--run-id", hidden=True)] = None,
 ) -> None:
-    """Check the config and this machine, then launch the training command."""
+    """Check the config and this machine, then launch and supervise the training command."""
     from sftctl import service
 
     with boundary():
@@ -202,8 +211,50 @@ def run(
         if dry_run:
             sys.stdout.write(service.render_text(name, ov, "sh"))  # type: ignore[arg-type]
             return
-        code = service.run(name, ov)  # type: ignore[arg-type]
-        raise typer.Exit(code)
+        from sftctl import launch
+
+        opts = launch.RunOptions(detach=detach, resume=resume, grace=grace, quiet=quiet, run_id=run_id)
+        code = launch.run(name, ov, opts)  # type: ignore[arg-type]
+    raise typer.Exit(code)
+
+
+@app.command("resume")
+def resume_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (or its .sftctl staging folder).")],
+    grace: Annotated[float, typer.Option("--grace", help="Seconds between forwarding a signal and SIGKILL.")] = 30.0,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress display.")] = False,
+) -> None:
+    """Continue a recorded run from its last complete checkpoint."""
+    from sftctl import launch
+
+    with boundary():
+        code = launch.resume(run_dir, launch.RunOptions(grace=grace, quiet=quiet))
+    raise typer.Exit(code)
+
+
+@app.command()
+def stop(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (or its .sftctl staging folder).")],
+    grace: Annotated[float, typer.Option("--grace", help="Seconds before SIGKILL if the supervisor is gone.")] = 30.0,
+) -> None:
+    """Stop a running or detached run: SIGTERM to its whole process tree, then SIGKILL."""
+    from sftctl import launch
+
+    with boundary():
+        code = launch.stop(run_dir, grace)
+    raise typer.Exit(code)
+
+
+@app.command()
+def runs(
+    output_dir: Annotated[Path, typer.Argument(help="The output_dir of the runs.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the runs sftctl recorded under OUTPUT_DIR."""
+    from sftctl import show as show_mod
+
+    with boundary():
+        show_mod.runs_table(output_dir, as_json)
 
 
 def main() -> None:

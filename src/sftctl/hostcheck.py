@@ -7,8 +7,10 @@ deepspeed or flash_attn takes seconds and may initialise CUDA).
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shutil
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,15 @@ def is_local_ref(value: str) -> bool:
     minute later; these are the values that can only mean a local file or folder."""
     value = _SAMPLE.sub("", value)
     return value.startswith(("./", "../", "/", "~")) or value.lower().endswith(DATA_SUFFIXES)
+
+
+def find_executable(name: str, env: Mapping[str, str]) -> str | None:
+    """``name`` on PATH, else beside the running interpreter (a venv used without activation)."""
+    found = shutil.which(name, path=env.get("PATH"))
+    if found:
+        return found
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.is_file() and os.access(beside, os.X_OK) else None
 
 
 def _installed(module: str) -> bool:
@@ -77,7 +88,7 @@ def check(resolved: Resolved, env: Mapping[str, str], cwd: Path | None = None,
             problems.append(Problem(f"args.{key}", f"needs the Python package '{module}', which is not installed", fix))
     launcher = resolved.config.launch.launcher
     exe = "torchrun" if launcher == "torchrun" else "swift"
-    if shutil.which(exe, path=env.get("PATH")) is None:
+    if find_executable(exe, env) is None:
         problems.append(Problem("launch.launcher", f"'{exe}' is not on PATH",
                                 "pip install 'sftctl[swift]' (ms-swift and torch) in this environment"))
     return problems

@@ -44,12 +44,27 @@ def swift_args(resolved: Resolved, path_of: Mapping[str, str] | None = None) -> 
     for name, value in resolved.args.items():
         if value is None:
             continue
-        if path_of and isinstance(value, str) and value in path_of:
-            value = path_of[value]
+        if path_of:
+            value = _substitute(value, path_of)
         arg = cat.get(name)
         out.append(f"--{name}")
         out.extend(tokens(value, arg.is_list if arg else isinstance(value, list)))
     return out
+
+
+def _substitute(value: Any, path_of: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+        return path_of.get(value, value)
+    if isinstance(value, list):
+        return [path_of.get(v, v) if isinstance(v, str) else v for v in value]
+    return value
+
+
+def _expand_env(value: str, path_of: Mapping[str, str]) -> str:
+    for key, path in path_of.items():
+        if key.startswith("<"):
+            value = value.replace(key, path)
+    return value
 
 
 def command(resolved: Resolved, path_of: Mapping[str, str] | None = None,
@@ -80,7 +95,7 @@ def command(resolved: Resolved, path_of: Mapping[str, str] | None = None,
         if launch.nnodes == 1:
             unset.append("NNODES")
         argv = ["swift", "sft", *flags]
-    env.update(resolved.config.env)
+    env.update({k: _expand_env(v, path_of or {}) for k, v in resolved.config.env.items()})
     return Command(env=env, argv=argv, unset=unset)
 
 

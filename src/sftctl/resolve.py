@@ -229,12 +229,30 @@ def _fill_templates(args: dict[str, Any], preset: str | None, problems: ProblemL
         problems.add("args.model", f"{what} names no model", "pass --model ID or --set model=ID")
         return
     model = str(args["model"])
+    _builtin_defaults(args, problems)
     base = model.split(":", 1)[1] if model.startswith("builtin:") else model.rstrip("/").rsplit("/", 1)[-1]
     for name, value in args.items():
         if isinstance(value, str) and MODEL_NAME_TEMPLATE in value:
             args[name] = value.replace(MODEL_NAME_TEMPLATE, base)
         elif isinstance(value, list):
             args[name] = [v.replace(MODEL_NAME_TEMPLATE, base) if isinstance(v, str) else v for v in value]
+
+
+def _builtin_defaults(args: dict[str, Any], problems: ProblemList) -> None:
+    """``builtin:`` refs must name a shipped asset; a built-in model brings the
+    model_type and template ms-swift cannot infer for a local folder."""
+    from sftctl.assets.builder import BUILTINS
+
+    for key in ("model", "dataset"):
+        values = args.get(key)
+        for value in values if isinstance(values, list) else [values]:
+            if isinstance(value, str) and value.startswith("builtin:"):
+                if value not in BUILTINS:
+                    known = ", ".join(sorted(BUILTINS))
+                    problems.add(f"args.{key}", f"unknown built-in asset '{value}'", f"use one of {known}")
+                elif key == "model":
+                    for name, default in BUILTINS[value].get("swift_args", {}).items():
+                        args.setdefault(name, default)
 
 
 def _check_env(env: dict[str, str], problems: ProblemList) -> None:
@@ -270,9 +288,15 @@ def resolve(target: str, overrides: Overrides | None = None, *,
             env: Mapping[str, str] | None = None,
             visible: list[int] | None = None) -> Resolved:
     """Load ``target`` and return the validated run, or raise ConfigError with every problem."""
+    return resolve_loaded(load(target), overrides, env=env, visible=visible)
+
+
+def resolve_loaded(loaded: Loaded, overrides: Overrides | None = None, *,
+                   env: Mapping[str, str] | None = None,
+                   visible: list[int] | None = None) -> Resolved:
+    """Validate an already loaded (merged) config; see :func:`resolve`."""
     ov = overrides or Overrides()
     env = os.environ if env is None else env
-    loaded = load(target)
     major, source = target_major(ov.swift_version, loaded.data.get("swift_version"), env)
     cat = catalog.load(major)
     problems = ProblemList()

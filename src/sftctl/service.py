@@ -29,9 +29,22 @@ def render_text(target: str, overrides: Overrides, fmt: str) -> str:
     return render.to_sh(resolved, cmd)
 
 
+CACHE_PLACEHOLDER = "<sftctl-cache>"
+
+
 def builtin_paths(resolved: Resolved) -> dict[str, str]:
-    """Where builtin assets referenced by the run live (or will, once materialised)."""
-    return {}
+    """Where the built-in assets live (or will, once materialised), and the cache folder
+    that ``<sftctl-cache>`` in env values stands for."""
+    from sftctl.assets.builder import BUILTINS, cache_dir
+
+    root = cache_dir()
+    out = {CACHE_PLACEHOLDER: str(root)}
+    for ref, spec in BUILTINS.items():
+        if spec["kind"] == "model":
+            out[ref] = str(root / "models" / spec["dirname"])
+        else:
+            out[ref] = str(root / "datasets" / spec["filename"])
+    return out
 
 
 def check_drift(path: Path, text: str) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import shlex
 import sys
+from pathlib import Path
 from typing import Any
 
 from sftctl.dialect import RENAMED_3_TO_4
@@ -77,4 +80,47 @@ def show_target(target: str, overrides: Overrides) -> None:
     """Print the resolved config, with the file that set each key, then the summary."""
     resolved = resolve(target, overrides)
     out = _with_origin(resolved) + [""] + [f"# {line}" for line in summary_lines(resolved)]
+    sys.stdout.write("\n".join(out) + "\n")
+
+
+def runs_table(output_dir: Path, as_json: bool) -> None:
+    """The runs recorded under ``output_dir``."""
+    from sftctl.record import list_runs
+
+    rows = list_runs(output_dir)
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2, ensure_ascii=False, default=str) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for col in ("run", "target", "status", "exit", "started", "wall s", "loss", "last checkpoint"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        loss = (f"{r['first_loss']:.3f} -> {r['last_loss']:.3f}"
+                if r.get("first_loss") is not None and r.get("last_loss") is not None else "")
+        folder = r.get("run_dir") or r.get("staging_dir") or ""
+        table.add_row(Path(folder).name, str(r.get("target", "")), str(r.get("status", "")),
+                      "" if r.get("exit_code") is None else str(r["exit_code"]),
+                      str(r.get("started_at", "")), str(r.get("wall_seconds", "")), loss,
+                      Path(str(r.get("last_checkpoint") or "")).name)
+    Console(width=max(120, Console().width)).print(table)
+    if not rows:
+        print(f"no runs recorded under {output_dir}")
+
+
+def show_run(folder: Path) -> None:
+    """A run's manifest, for a reader."""
+    from sftctl.record import read_manifest
+
+    path, data = read_manifest(folder)
+    keys = ("target", "preset", "preset_hash", "status", "exit_code", "signal", "started_at",
+            "ended_at", "wall_seconds", "host", "gpus", "layout", "run_dir", "log", "last_checkpoint",
+            "first_loss", "last_loss", "versions")
+    brief = {k: data[k] for k in keys if data.get(k) is not None}
+    out = [f"# manifest: {path}", dump(brief, for_people=True).rstrip("\n"),
+           "env:", *[f"  {k}={v}" for k, v in (data.get("env") or {}).items()],
+           "argv:", "  " + " ".join(shlex.quote(a) for a in data.get("argv", [])),
+           "config:", *["  " + line for line in str(data.get("config_yaml", "")).splitlines()]]
     sys.stdout.write("\n".join(out) + "\n")

@@ -1,0 +1,188 @@
+"""The record of a run: its folder, its log, and a manifest of exactly what ran.
+
+ms-swift creates the run folder itself (``<output_dir>/v<N>-<YYYYMMDD-HHMMSS>/``, or
+``<output_dir>`` with ``add_version false``) a few seconds after start. Until it exists,
+the log and manifest live in ``<output_dir>/.sftctl/<run-id>/``; once it appears (the
+first new ``v<N>-...`` folder), both move into it and the staging folder keeps a pointer.
+When ms-swift dies before creating it, they stay in the staging folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from sftctl.preflight import checkpoint_dirs
+
+MANIFEST = "sftctl-manifest.json"
+LOG = "sftctl.log"
+STAGING = ".sftctl"
+POINTER = "manifest.json"
+RUN_FOLDER = re.compile(r"^v\d+-\d{8}-\d{6}$")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def versions() -> dict[str, str | None]:
+    """Versions that decide what a run does, from package metadata (nothing imported)."""
+    import platform
+
+    from sftctl import __version__
+
+    out: dict[str, str | None] = {"sftctl": __version__, "python": platform.python_version()}
+    for dist in ("ms-swift", "torch", "transformers", "deepspeed", "peft"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON via a temporary file and rename: a reader never sees half a manifest."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoints that were written to the end (trainer state and weights present)."""
+    return [c for c in checkpoint_dirs(run_dir)
+            if (c / "trainer_state.json").is_file() and any(c.glob("*.safetensors"))]
+
+
+def new_run_id() -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+
+
+@dataclass
+class RunRecord:
+    """The manifest and log of one launch, and where they currently live."""
+
+    output_dir: Path
+    run_id: str
+    data: dict[str, Any]
+    in_place: bool  # add_version false: ms-swift writes into output_dir itself
+    run_dir: Path | None = None
+
+    @classmethod
+    def create(cls, output_dir: Path, data: dict[str, Any], in_place: bool,
+               run_id: str | None = None) -> RunRecord:
+        rec = cls(output_dir, run_id or new_run_id(), data, in_place)
+        rec.staging.mkdir(parents=True, exist_ok=True)
+        rec._before = {p.name for p in output_dir.iterdir()} if output_dir.is_dir() else set()
+        rec.data.setdefault("run_id", rec.run_id)
+        rec.data["staging_dir"] = str(rec.staging)
+        rec.data["log"] = str(rec.log)
+        rec.write()
+        return rec
+
+    _before: set[str] = frozenset()  # type: ignore[assignment]
+
+    @property
+    def staging(self) -> Path:
+        return self.output_dir / STAGING / self.run_id
+
+    @property
+    def log(self) -> Path:
+        return (self.run_dir / LOG) if self.run_dir else (self.staging / LOG)
+
+    @property
+    def manifest_path(self) -> Path:
+        return (self.run_dir / MANIFEST) if self.run_dir else (self.staging / POINTER)
+
+    def write(self) -> None:
+        write_json_atomic(self.manifest_path, self.data)
+
+    def discover(self) -> Path | None:
+        """The run folder ms-swift created for this run, once it exists."""
+        if self.run_dir is not None:
+            return self.run_dir
+        if self.in_place:
+            if (self.output_dir / "logging.jsonl").exists() or (self.output_dir / "args.json").exists():
+                self.adopt(self.output_dir)
+            return self.run_dir
+        if not self.output_dir.is_dir():
+            return None
+        fresh = sorted(p for p in self.output_dir.iterdir()
+                       if p.is_dir() and RUN_FOLDER.match(p.name) and p.name not in self._before)
+        if fresh:
+            self.adopt(fresh[0])
+        return self.run_dir
+
+    def adopt(self, run_dir: Path) -> None:
+        """Move the log and manifest into the run folder; leave a pointer behind."""
+        old_log = self.staging / LOG
+        self.run_dir = run_dir
+        if old_log.exists():
+            os.replace(old_log, run_dir / LOG)  # the open log descriptor follows the file
+        self.data["run_dir"] = str(run_dir)
+        self.data["log"] = str(run_dir / LOG)
+        self.write()
+        write_json_atomic(self.staging / POINTER, {"moved_to": str(run_dir), "run_id": self.run_id})
+
+    def finish(self, **fields: Any) -> None:
+        self.discover()
+        self.data.update(fields)
+        self.data["ended_at"] = now_iso()
+        folder = self.run_dir
+        if folder is not None:
+            done = complete_checkpoints(folder)
+            self.data["last_checkpoint"] = str(done[-1]) if done else None
+        self.write()
+
+
+def base_manifest(**fields: Any) -> dict[str, Any]:
+    """The fields every manifest starts with."""
+    return {"host": socket.gethostname(), "versions": versions(), "started_at": now_iso(),
+            "status": "starting", **fields}
+
+
+def read_manifest(path: Path) -> tuple[Path, dict[str, Any]]:
+    """The manifest of a run folder, a staging folder, or a manifest file; follows pointers."""
+    candidates = [path] if path.is_file() else [path / MANIFEST, path / POINTER]
+    for cand in candidates:
+        if cand.is_file():
+            data: dict[str, Any] = json.loads(cand.read_text(encoding="utf-8"))
+            if "moved_to" in data:
+                return read_manifest(Path(data["moved_to"]))
+            return cand, data
+    from sftctl.errors import ConfigError, Problem
+
+    raise ConfigError(problems=[Problem(str(path), "no sftctl manifest here",
+                                        "give a run folder (v<N>-...) or its output_dir/.sftctl/<id>")])
+
+
+def list_runs(output_dir: Path) -> list[dict[str, Any]]:
+    """Every run sftctl recorded under ``output_dir``, oldest first."""
+    seen: dict[str, dict[str, Any]] = {}
+    paths = list(output_dir.glob(f"*/{MANIFEST}")) + list(output_dir.glob(MANIFEST))
+    paths += list((output_dir / STAGING).glob(f"*/{POINTER}"))
+    for path in paths:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if "moved_to" in data:
+            continue
+        data["_manifest"] = str(path)
+        seen[data.get("run_id", str(path))] = data
+    return sorted(seen.values(), key=lambda d: str(d.get("started_at", "")))
+
+
+def remove_empty_staging(output_dir: Path) -> None:
+    """Tidy: drop the staging root when nothing is left in it."""
+    root = output_dir / STAGING
+    if root.is_dir() and not any(root.iterdir()):
+        shutil.rmtree(root, ignore_errors=True)
