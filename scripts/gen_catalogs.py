@@ -81,7 +81,9 @@ def build(major: str, root: Path) -> Path:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("majors", nargs="*", metavar="MAJOR", help="3 and/or 4 (default: both)")
     ap.add_argument("--venv-root", type=Path, help="where the venvs go (kept); default a temp dir")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
@@ -101,7 +103,10 @@ def main() -> int:
             futures = {m: pool.submit(build, m, root) for m in majors}
             for m, fut in futures.items():
                 try:
-                    print(f"wrote {fut.result().relative_to(ROOT)} (ms-swift {VERSIONS[m]})", flush=True)
+                    print(
+                        f"wrote {fut.result().relative_to(ROOT)} (ms-swift {VERSIONS[m]})",
+                        flush=True,
+                    )
                 except Exception as exc:  # noqa: BLE001 - report each version
                     failed = True
                     print(f"ms-swift {VERSIONS[m]}: {exc}", file=sys.stderr, flush=True)

@@ -17,6 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sftctl.cli import app
+from sftctl.service import builtin_paths
 from sftctl.resolve import Overrides, resolve
 
 pytestmark = pytest.mark.swift
@@ -123,9 +124,14 @@ def test_preset_parses_with_real_swift(preset: str, sft_parser: argparse.Argumen
     assert resolved.major == 4
     rendered_names = {f[2:] for f in flags if f.startswith("--")}
     assert rendered_names == {k for k, v in resolved.args.items() if v is not None}
+    paths = builtin_paths(resolved)  # builtin:... refs render as their local paths
     for name, expected in resolved.args.items():
         if expected is None:
             continue
+        if isinstance(expected, list):
+            expected = [paths.get(e, e) if isinstance(e, str) else e for e in expected]
+        elif isinstance(expected, str):
+            expected = paths.get(expected, expected)
         assert hasattr(namespace, name), f"ms-swift 4 has no argument {name}"
         parsed = getattr(namespace, name)
         assert _same(expected, parsed), f"{name}: config {expected!r}, ms-swift parsed {parsed!r}"

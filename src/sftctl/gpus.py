@@ -6,7 +6,7 @@ import shutil
 import subprocess
 from collections.abc import Mapping
 
-from sftctl.layout import parse_gpu_list
+from sftctl.schema import parse_gpus
 
 
 def visible_gpus(env: Mapping[str, str]) -> list[int] | None:
@@ -15,7 +15,10 @@ def visible_gpus(env: Mapping[str, str]) -> list[int] | None:
     None means the visible set cannot be known (e.g. CUDA_VISIBLE_DEVICES holds UUIDs).
     """
     if "CUDA_VISIBLE_DEVICES" in env:
-        return parse_gpu_list(env["CUDA_VISIBLE_DEVICES"])
+        try:
+            return parse_gpus(env["CUDA_VISIBLE_DEVICES"])
+        except ValueError:
+            return None
     smi = shutil.which("nvidia-smi", path=env.get("PATH"))
     if smi is None:
         return []

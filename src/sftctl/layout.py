@@ -117,14 +117,3 @@ def plan(launch: Launch, args: dict[str, Any], visible: list[int] | None = None)
 
 def _divisors(n: int) -> str:
     return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
-
-
-def parse_gpu_list(text: str) -> list[int] | None:
-    """CUDA_VISIBLE_DEVICES as a list of ints; None when it is not a plain id list."""
-    text = text.strip()
-    if not text:
-        return []
-    try:
-        return [int(part) for part in text.split(",")]
-    except ValueError:
-        return None

@@ -108,7 +108,7 @@ def looks_like_path(target: str) -> bool:
     return target.endswith(SUFFIXES) or os.sep in target or target.startswith(".")
 
 
-def _read_preset(name: str) -> Layer:
+def _read_preset(name: str, where: str = "preset") -> Layer:
     user = _user_files()
     if name in user:
         return Layer(name, str(user[name]), user[name].read_text("utf-8"))
@@ -119,21 +119,20 @@ def _read_preset(name: str) -> Layer:
     known = sorted(set(builtin) | set(user))
     near = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
     hint = f"did you mean {', '.join(near)}?" if near else "run 'sftctl presets' to list them"
-    raise ConfigError(problems=[Problem("preset", f"unknown preset '{name}'", hint)])
+    raise ConfigError(problems=[Problem(where, f"unknown preset '{name}'", hint)])
 
 
-def _read_file(path: Path) -> Layer:
+def _read_file(path: Path, where: str | None = None) -> Layer:
     if not path.is_file():
-        raise ConfigError(
-            problems=[
-                Problem(
-                    str(path),
-                    "no such config file",
-                    "give a path to a YAML file, or a preset name from 'sftctl presets'",
-                )
-            ]
-        )
-    return Layer(str(path), str(path), path.read_text("utf-8"))
+        raise ConfigError(problems=[Problem(
+            where or str(path), f"no such config file: {path}",
+            "give a path to a YAML file, or a preset name from 'sftctl presets'")])
+    try:
+        return Layer(str(path), str(path), path.read_text("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(problems=[Problem(
+            str(path), f"not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r})",
+            "save the file as UTF-8")]) from None
 
 
 def _merge(base: dict[str, Any], child: dict[str, Any], origin: dict[str, str], label: str,
@@ -188,9 +187,9 @@ def load(target: str) -> Loaded:
             )
         elif looks_like_path(parent):
             base_dir = Path(layer.path).parent if not layer.path.startswith("sftctl/") else Path(".")
-            layer = _read_file((base_dir / parent).expanduser())
+            layer = _read_file((base_dir / parent).expanduser(), f"{layer.label}: extends")
         else:
-            layer = _read_preset(parent)
+            layer = _read_preset(parent, f"{layer.label}: extends")
     merged: dict[str, Any] = {}
     origin: dict[str, str] = {}
     for lay, data in reversed(chain):

@@ -73,7 +73,7 @@ def parse_major(value: object, source: str) -> int:
     text = str(value).strip().lstrip("v")
     head = text.split(".", 1)[0]
     if not head.isdigit():
-        raise UsageError(f"{source}: '{value}' is not an ms-swift version (write 3 or 4)")
+        raise UsageError(f"{source}: '{value}' is not an ms-swift version (fix: write 3 or 4)")
     major = int(head)
     if major not in catalog.SUPPORTED_MAJORS:
         extra = " (its flag names differ: sft_type)" if major < 3 else ""
@@ -95,14 +95,24 @@ def installed_swift_version() -> str | None:
         return None
 
 
+def _config_major(value: object) -> int:
+    text = str(value).strip().lstrip("v")
+    if not text.split(".", 1)[0].isdigit():
+        raise ConfigError(problems=[Problem("swift_version", f"'{value}' is not an ms-swift version",
+                                            "write swift_version: 3 or 4")])
+    return parse_major(value, "swift_version")
+
+
 def target_major(cli: str | None, config_value: object, env: Mapping[str, str]) -> tuple[int, str]:
     """--swift-version, else SFTCTL_SWIFT_VERSION, else the config, else the install, else 4."""
+    if config_value not in (None, ""):
+        _config_major(config_value)  # an invalid value is an error even when overridden
     if cli:
         return parse_major(cli, "--swift-version"), "--swift-version"
     if env.get("SFTCTL_SWIFT_VERSION"):
         return parse_major(env["SFTCTL_SWIFT_VERSION"], "SFTCTL_SWIFT_VERSION"), "SFTCTL_SWIFT_VERSION"
     if config_value not in (None, ""):
-        return parse_major(config_value, "swift_version"), "config swift_version"
+        return _config_major(config_value), "config swift_version"
     installed = installed_swift_version()
     if installed:
         return parse_major(installed, "installed ms-swift"), f"installed ms-swift {installed}"
@@ -151,23 +161,48 @@ def _lookup(cat: catalog.Catalog, name: str) -> catalog.Argument | None:
     return cat.get(dialect.spelling(name, cat.major) or name)
 
 
+_FIELD_HINTS = {
+    "launch.gpus": "list GPU ids, e.g. gpus: 0,1,2,3 (or a range 0-3)",
+    "launch.nproc_per_node": "a whole number of processes per node, e.g. nproc_per_node: 2",
+    "launch.nnodes": "a whole number of nodes, e.g. nnodes: 1",
+    "launch.master_port": "a port number between 1 and 65535, e.g. master_port: 29500",
+    "launch.launcher": "launcher: swift or launcher: torchrun",
+    "env": "env is a mapping of NAME: value",
+    "description": "a line of text",
+    "swift_version": "swift_version: 3 or 4",
+}
+
+
+def _schema_hint(err: Any) -> str:
+    loc = [str(p) for p in err["loc"]]
+    for depth in (2, 1):
+        key = ".".join(loc[:depth])
+        if key in _FIELD_HINTS:
+            return _FIELD_HINTS[key]
+    if err["type"] == "model_type":
+        return f"{loc[0] if loc else 'this section'} must be a mapping of 'key: value' lines"
+    return "see the README's section on writing your own config"
+
+
 def _schema_problems(exc: ValidationError, loaded: Loaded) -> list[Problem]:
     out: list[Problem] = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
-        where = f"{loc} [from {loaded.origin[loc]}]" if loc in loaded.origin else loc
+        src = loaded.origin.get(loc)
+        where = f"{loc} [from {src}]" if src not in (None, loaded.target) else loc
         if err["type"] == "extra_forbidden":
             known = LAUNCH_KEYS if len(err["loc"]) > 1 and err["loc"][0] == "launch" else TOP_LEVEL_KEYS
             hint = _did_you_mean(str(err["loc"][-1]), known) or f"known keys: {', '.join(known)}"
             out.append(Problem(where, "unknown key", hint))
         else:
             value = err.get("input")
-            out.append(Problem(where, f"{err['msg']} (got {value!r})", "see 'sftctl show' for the expected shape"))
+            out.append(Problem(where, f"{err['msg']} (got {value!r})", _schema_hint(err)))
     return out
 
 
 def _check_args(raw: dict[str, Any], cat: catalog.Catalog, loaded: Loaded,
-                problems: ProblemList) -> dict[str, Any]:
+                problems: ProblemList, written: dict[str, str]) -> dict[str, Any]:
+    """Arguments in the target's spelling, coerced; ``written`` maps each to the user's key."""
     out: dict[str, Any] = {}
     seen_from: dict[str, str] = {}
     for key, value in raw.items():
@@ -193,7 +228,7 @@ def _check_args(raw: dict[str, Any], cat: catalog.Catalog, loaded: Loaded,
             else:
                 near = cat.near(name)
                 hint = (f"did you mean {' or '.join(repr(n) for n in near)}?" if near
-                        else "run 'sftctl explain' or see ms-swift's command-line parameters")
+                        else f"check the name against ms-swift {cat.major}.x's command-line parameters")
                 problems.add(where, f"unknown ms-swift {cat.major}.x argument '{name}'", hint)
             continue
         if target in seen_from:
@@ -201,6 +236,7 @@ def _check_args(raw: dict[str, Any], cat: catalog.Catalog, loaded: Loaded,
                          f"('{target}' in ms-swift {cat.major}.x)", "keep one of them")
             continue
         seen_from[target] = name
+        written[target] = str(key)
         if target.endswith("_token") or target.endswith("api_key"):
             env_name = "SWANLAB_API_KEY" if "swanlab" in target else "the tracker's or hub's token variable"
             problems.add(where, f"'{target}' is a secret: in a config, script or command line anyone "
@@ -229,6 +265,9 @@ def _fill_templates(args: dict[str, Any], preset: str | None, problems: ProblemL
         problems.add("args.model", f"{what} names no model", "pass --model ID or --set model=ID")
         return
     model = str(args["model"])
+    if not model.strip():
+        problems.add("args.model", "the model is empty", "pass --model ID (a hub id or a local folder)")
+        return
     _builtin_defaults(args, problems)
     base = model.split(":", 1)[1] if model.startswith("builtin:") else model.rstrip("/").rsplit("/", 1)[-1]
     for name, value in args.items():
@@ -262,10 +301,10 @@ def _check_env(env: dict[str, str], problems: ProblemList) -> None:
                          f"remove it and export {name} in the shell that runs sftctl")
 
 
-def _check_combinations(args: dict[str, Any], problems: ProblemList) -> None:
+def _check_combinations(args: dict[str, Any], problems: ProblemList, written: dict[str, str]) -> None:
     tuner = args.get("tuner_type", args.get("train_type"))
     if isinstance(tuner, str) and tuner not in TUNER_TYPES:
-        key = "tuner_type" if "tuner_type" in args else "train_type"
+        key = written.get("tuner_type") or written.get("train_type") or "tuner_type"
         near = difflib.get_close_matches(tuner, TUNER_TYPES, n=1)
         problems.add(f"args.{key}", f"unknown {key} '{tuner}'",
                      f"did you mean '{near[0]}'?" if near else f"use one of {', '.join(TUNER_TYPES)}")
@@ -312,10 +351,11 @@ def resolve_loaded(loaded: Loaded, overrides: Overrides | None = None, *,
         problems.add("args", f"must be a mapping of ms-swift arguments, got {type(raw_args).__name__}",
                      "write 'args:' followed by 'name: value' lines")
         raw_args = {}
-    args = _check_args(raw_args, cat, loaded, problems)
+    written: dict[str, str] = {}
+    args = _check_args(raw_args, cat, loaded, problems, written)
     _fill_templates(args, loaded.preset, problems)
     _check_env(config.env, problems)
-    _check_combinations(args, problems)
+    _check_combinations(args, problems, written)
     layout, layout_problems = plan(config.launch, args, visible)
     problems.extend(layout_problems)
     problems.raise_if_any()

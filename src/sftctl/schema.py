@@ -4,9 +4,31 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+_GPU_ID = re.compile(r"^-?\d+$")
+_GPU_RANGE = re.compile(r"^(\d+)-(\d+)$")
+
+
+def parse_gpus(text: str) -> list[int]:
+    """'0,1,2,3', '0-3' or '0-1,4-5' as a list of ids; anything else is an error."""
+    text = text.strip()
+    if not text:
+        return []
+    out: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        rng = _GPU_RANGE.match(part)
+        if rng and int(rng.group(1)) <= int(rng.group(2)):
+            out.extend(range(int(rng.group(1)), int(rng.group(2)) + 1))
+        elif _GPU_ID.match(part):
+            out.append(int(part))
+        else:
+            raise ValueError(f"'{part}' in '{text}' is not a GPU id or a range like 0-3")
+    return out
 
 
 class Launch(BaseModel):
@@ -33,8 +55,7 @@ class Launch(BaseModel):
     @classmethod
     def _split_gpu_string(cls, value: Any) -> Any:
         if isinstance(value, str):
-            text = value.strip()
-            return [] if not text else [part.strip() for part in text.split(",")]
+            return parse_gpus(value)
         if isinstance(value, int) and not isinstance(value, bool):
             return [value]
         return value

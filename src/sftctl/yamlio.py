@@ -75,6 +75,10 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any
     result: dict[Any, Any] = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, (str, int, float, bool)) and key is not None:
+            mark = key_node.start_mark
+            raise _BadKey(f"a key must be a plain name, not a {type(key).__name__}", mark.line + 1,
+                          mark.column + 1)
         if key in result:
             mark = key_node.start_mark
             raise _DuplicateKey(str(key), mark.line + 1, mark.column + 1)
@@ -88,6 +92,12 @@ _Loader.add_constructor("tag:yaml.org,2002:float", _construct_float)
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+class _BadKey(Exception):
+    def __init__(self, what: str, line: int, column: int) -> None:
+        super().__init__(what)
+        self.what, self.line, self.column = what, line, column
+
+
 class _DuplicateKey(Exception):
     def __init__(self, key: str, line: int, column: int) -> None:
         super().__init__(key)
@@ -98,7 +108,7 @@ def parse_scalar(text: str) -> Any:
     """Parse one value the way a YAML file would (used for ``--set`` and flow lists)."""
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
-    except (yaml.YAMLError, _DuplicateKey):
+    except (yaml.YAMLError, _DuplicateKey, _BadKey):
         return text
 
 
@@ -116,6 +126,9 @@ def load_text(text: str, source: str) -> dict[str, Any]:
                 )
             ]
         ) from None
+    except _BadKey as exc:
+        raise ConfigError(problems=[Problem(f"{source}:{exc.line}:{exc.column}", exc.what,
+                                            "write keys as plain names, e.g. learning_rate:")]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import enum
+import importlib
 import json
 import os
 import re
@@ -55,26 +56,18 @@ def _load_args_class() -> tuple[type, str, int, AbstractContextManager[Any]]:
     (it turns ``Optional[Union[str, dict]]`` into ``Optional[Union[dict, str]]`` so that
     HfArgumentParser keeps such fields as ``str``, parsed with json later); do the same.
     """
-    import swift  # noqa: PLC0415
-
+    swift = importlib.import_module("swift")
     version = str(getattr(swift, "__version__", "0"))
     major = int(version.split(".")[0])
     cls: type
     if major >= 4:
-        from swift.arguments import SftArguments  # noqa: PLC0415
-
-        cls = SftArguments
+        cls = importlib.import_module("swift.arguments").SftArguments
     else:
-        from swift.llm import TrainArguments  # noqa: PLC0415
-
-        cls = TrainArguments
+        cls = importlib.import_module("swift.llm").TrainArguments
     ctx: AbstractContextManager[Any] = nullcontext()
-    try:
-        from swift.utils.utils import _patch_get_type_hints  # noqa: PLC0415
-
-        ctx = _patch_get_type_hints()
-    except ImportError:  # pragma: no cover - a release without the patch
-        pass
+    patch = getattr(importlib.import_module("swift.utils.utils"), "_patch_get_type_hints", None)
+    if patch is not None:
+        ctx = patch()
     return cls, version, major, ctx
 
 
@@ -182,20 +175,22 @@ def _jsonable(value: Any, dirs: list[str]) -> Any:
     if isinstance(value, (set, frozenset)):
         return sorted((_jsonable(v, dirs) for v in value), key=repr)
     if isinstance(value, dict):
-        return {str(k): _jsonable(v, dirs) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+        return {
+            str(k): _jsonable(v, dirs) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))
+        }
     return _scrub(repr(value), dirs)
 
 
 def _norm_type(action: argparse.Action, field_type: Any) -> str:
-    from transformers.hf_argparser import string_to_bool  # noqa: PLC0415
-
+    string_to_bool = importlib.import_module("transformers.hf_argparser").string_to_bool
     if field_type is not None and _contains_dict(field_type):
         return "json"
     atype = action.type
     if atype is string_to_bool or field_type is bool:
         return "bool"
-    if atype in (int, float, str, bool):
-        return str(atype.__name__)  # type: ignore[union-attr]
+    for builtin in (int, float, str, bool):
+        if atype is builtin:
+            return builtin.__name__
     if action.choices is not None:  # Literal / Enum: typed by its choices
         kinds = {type(c) for c in action.choices}
         if kinds == {bool}:
@@ -209,13 +204,14 @@ def _norm_type(action: argparse.Action, field_type: Any) -> str:
 
 def dump_catalog() -> dict[str, Any]:
     """Build the catalog of the installed ms-swift's ``swift sft`` arguments."""
-    from transformers import HfArgumentParser  # noqa: PLC0415
-
+    hf_parser_cls = importlib.import_module("transformers").HfArgumentParser
     cls, version, major, ctx = _load_args_class()
     with ctx:
-        parser = HfArgumentParser([cls])  # type: ignore[list-item]
+        parser = hf_parser_cls([cls])
         hints = typing.get_type_hints(cls)
-    field_types: dict[str, Any] = {f.name: hints.get(f.name, f.type) for f in dataclasses.fields(cls)}
+    field_types: dict[str, Any] = {
+        f.name: hints.get(f.name, f.type) for f in dataclasses.fields(cls)
+    }
     dirs = _home_dirs()
 
     entries: dict[str, dict[str, Any]] = {}
@@ -234,8 +230,10 @@ def dump_catalog() -> dict[str, Any]:
         ftype = field_types.get(dest)
         choices = None
         if action.choices is not None:
-            choices = [c if isinstance(c, _JSON_SCALARS) else str(getattr(c, "value", c))
-                       for c in action.choices]
+            choices = [
+                c if isinstance(c, _JSON_SCALARS) else str(getattr(c, "value", c))
+                for c in action.choices
+            ]
             choices = [_jsonable(c, dirs) for c in choices]
         help_text = _sort_help_choices(_scrub(action.help or "", dirs))
         entries[dest] = {
