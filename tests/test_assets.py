@@ -142,7 +142,8 @@ def test_model_layout_and_size(model_dir: Path) -> None:
     assert (config["num_attention_heads"], config["num_key_value_heads"]) == (4, 2)
     tok_cfg = json.loads((model_dir / "tokenizer_config.json").read_text())
     assert tok_cfg["tokenizer_class"].startswith("Qwen2Tokenizer")
-    assert not list(model_dir.parent.glob(f".{builder.MODEL_DIRNAME}.*")), "temp dir left behind"
+    leftovers = [p for p in model_dir.parent.glob(f".{builder.MODEL_DIRNAME}.*") if p.is_dir()]
+    assert not leftovers, "temp build dir left behind"
 
 
 def test_build_is_deterministic(model_dir: Path, tmp_path: Path) -> None:
