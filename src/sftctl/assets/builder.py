@@ -249,7 +249,8 @@ def build_tiny_qwen3(dest: Path) -> Path:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(SEED)
             model = Qwen3ForCausalLM(config)  # type: ignore[no-untyped-call]
-        model.float()  # type: ignore[no-untyped-call]  # float32 even if the caller changed torch's default dtype
+        # float32 even if the caller changed torch's default dtype.
+        model.float()  # type: ignore[no-untyped-call]
         model.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]
             bos_token_id=eot, eos_token_id=[im_end, eot], pad_token_id=eot, do_sample=False
         )

@@ -1,0 +1,120 @@
+"""`sftctl run` refuses before launch, with the fix, and starts nothing.
+
+A stand-in `swift` first on PATH (a process-boundary double: it only records that it
+was started) proves that nothing was launched.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import clean_env, sftctl_exe
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("sftctl-cache")
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path, cache: Path) -> tuple[Path, dict[str, str], Path]:
+    """A working folder, an environment whose `swift` only leaves a marker, and the marker."""
+    bin_dir = tmp_path / "stand-in-bin"
+    bin_dir.mkdir()
+    marker = tmp_path / "swift-was-started"
+    for name in ("swift", "torchrun"):
+        exe = bin_dir / name
+        exe.write_text(f"#!/bin/sh\ntouch {marker}\n")
+        exe.chmod(0o755)
+    work = tmp_path / "work"
+    work.mkdir()
+    env = clean_env(SFTCTL_CACHE=str(cache), HOME=str(tmp_path / "home"),
+                    PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return work, env, marker
+
+
+def _run(work: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*sftctl_exe(), "run", *args], cwd=work, env=env, capture_output=True,
+                          text=True, timeout=150)
+
+
+def _refused(out: subprocess.CompletedProcess[str], marker: Path, *needles: str) -> None:
+    text = out.stdout + out.stderr
+    assert out.returncode == 1, text
+    assert "refused before launch: nothing was started" in text
+    for needle in needles:
+        assert needle in text, text
+    assert "Traceback" not in text
+    assert not marker.exists(), "the training command was started"
+
+
+def test_output_dir_holding_another_runs_checkpoints(sandbox: tuple[Path, dict[str, str], Path]) -> None:
+    work, env, marker = sandbox
+    old = work / "out" / "checkpoint-8"
+    old.mkdir(parents=True)
+    (old / "model.safetensors").write_bytes(b"weights of another run")
+    out = _run(work, env, "cpu-smoke", "--set", "add_version=false", "--set", "output_dir=out")
+    _refused(out, marker, "args.output_dir", "already holds checkpoints", "checkpoint-8", "--resume")
+    assert (old / "model.safetensors").read_bytes() == b"weights of another run"
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def test_busy_fixed_port(sandbox: tuple[Path, dict[str, str], Path], busy_port: int) -> None:
+    work, env, marker = sandbox
+    out = _run(work, env, "cpu-smoke-ddp", "--set", f"launch.master_port={busy_port}")
+    _refused(out, marker, "launch.master_port", f"port {busy_port} is already in use", "pick a free port")
+
+
+def test_two_processes_without_gpu_or_use_cpu(sandbox: tuple[Path, dict[str, str], Path]) -> None:
+    work, env, marker = sandbox
+    out = _run(work, env, "cpu-smoke-ddp", "--set", "use_cpu=false")
+    assert out.returncode == 1
+    assert "2 processes with no visible GPU and use_cpu unset" in out.stderr
+    assert "set args.use_cpu: true" in out.stderr
+    assert not marker.exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_disk_too_small_for_the_checkpoints(sandbox: tuple[Path, dict[str, str], Path],
+                                            small_disk: Path) -> None:
+    work, env, marker = sandbox
+    out = _run(work, env, "cpu-smoke", "--set", f"output_dir={small_disk / 'out'}")
+    # 3 checkpoints (save_total_limit 2 + 1 being written) of the tiny model's weights
+    # plus optimizer state do not fit into 1 MiB.
+    _refused(out, marker, "not enough disk", "3 checkpoints", f"{small_disk} has", "lower save_total_limit")
+    assert not any(small_disk.rglob("*.safetensors"))
+
+
+def test_a_valid_run_does_reach_the_launcher(sandbox: tuple[Path, dict[str, str], Path]) -> None:
+    """The stand-in proves the refusals above, not a broken set-up, kept it from starting."""
+    work, env, marker = sandbox
+    out = _run(work, env, "cpu-smoke", "--quiet")
+    assert out.returncode == 0, out.stderr
+    assert marker.exists()
