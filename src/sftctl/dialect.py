@@ -8,8 +8,11 @@ may use either spelling; the renderer writes the target version's.
 from __future__ import annotations
 
 # ms-swift 3.x name -> 4.x name, for arguments that kept their meaning.
+# The full 3.12.6 -> 4.6.0 comparison is catalog/data/diff_3_4.json (a test keeps the two equal).
 RENAMED_3_TO_4: dict[str, str] = {
     "train_type": "tuner_type",
+    "metric": "eval_metric",
+    "save_safetensors": "safe_serialization",
 }
 RENAMED_4_TO_3: dict[str, str] = {new: old for old, new in RENAMED_3_TO_4.items()}
 
@@ -31,3 +34,19 @@ def spelling(name: str, major: int) -> str | None:
 def canonical(name: str) -> str:
     """One name per meaning, whatever the version (the 4.x spelling)."""
     return RENAMED_3_TO_4.get(name, name)
+
+
+def removed_hint(name: str, major: int) -> str | None:
+    """For a 3.x argument that 4.x dropped: what to write instead."""
+    if major < 4:
+        return None
+    from sftctl.catalog import version_diff
+
+    diff = version_diff()
+    if name not in diff.get("removed", []):
+        return None
+    note = diff.get("removed_notes", {}).get(name)
+    instead = diff.get("superseded_by", {}).get(name)
+    if note:
+        return note
+    return f"use {instead}" if instead else "remove it (ms-swift 4.x has no equivalent)"

@@ -215,6 +215,9 @@ def _check_args(raw: dict[str, Any], cat: catalog.Catalog, loaded: Loaded,
             if name in dialect.LEGACY:
                 problems.add(where, f"'{name}' is an ms-swift 2.x name",
                              f"write {dialect.spelling(dialect.LEGACY[name], cat.major) or dialect.LEGACY[name]}")
+            elif dialect.removed_hint(name, cat.major):
+                problems.add(where, f"'{name}' was removed in ms-swift {cat.major}.x",
+                             dialect.removed_hint(name, cat.major))
             elif name.startswith("no_") and cat.get(name[3:]) is not None:
                 problems.add(where, f"'{name}' is a command-line negation, not an argument",
                              f"write {name[3:]}: false")

@@ -60,7 +60,13 @@ class Catalog:
 def load(major: int) -> Catalog:
     """Load the shipped catalog of ms-swift ``major``."""
     path = resources.files("sftctl.catalog.data").joinpath(f"swift{major}.json")
-    raw = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        from sftctl.errors import UsageError
+
+        raise UsageError(f"no usable argument catalog for ms-swift {major}.x ({exc}); "
+                         "reinstall sftctl (fix: pip install --force-reinstall sftctl)") from None
     args = {
         name: Argument(
             name=name,
@@ -74,3 +80,11 @@ def load(major: int) -> Catalog:
         for name, spec in raw["arguments"].items()
     }
     return Catalog(major=int(raw["major"]), swift_version=str(raw["swift_version"]), arguments=args)
+
+
+@cache
+def version_diff() -> dict[str, Any]:
+    """Names found in only one of the 3.x and 4.x catalogs: renamed, removed, new."""
+    path = resources.files("sftctl.catalog.data").joinpath("diff_3_4.json")
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data

@@ -1,0 +1,78 @@
+"""The shipped argument catalogs: equal to the real ms-swift, and every difference
+between 3.x and 4.x sorted into renamed, removed or new, with renames handled."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import REPO, clean_env
+from sftctl import catalog, dialect
+from sftctl.cli import app
+
+DATA = REPO / "src" / "sftctl" / "catalog" / "data"
+
+
+@pytest.mark.swift
+@pytest.mark.timeout(300)
+def test_shipped_4x_catalog_equals_a_live_dump(tmp_path: Path) -> None:
+    pytest.importorskip("swift", reason="ms-swift not installed")
+    out = tmp_path / "live.json"
+    subprocess.run([sys.executable, "-m", "sftctl.catalog.dump", str(out)], check=True, timeout=240,
+                   capture_output=True, env=clean_env(HF_HUB_OFFLINE="1", HOME=str(tmp_path)))
+    live = json.loads(out.read_text())
+    shipped = json.loads((DATA / "swift4.json").read_text())
+    assert live["swift_version"] == shipped["swift_version"] == "4.6.0"
+    assert live == shipped
+
+
+def test_every_difference_is_sorted() -> None:
+    v3, v4 = set(catalog.load(3).arguments), set(catalog.load(4).arguments)
+    diff = catalog.version_diff()
+    renamed: dict[str, str] = diff["renamed"]
+    assert v3 - v4 == set(renamed) | set(diff["removed"])
+    assert v4 - v3 == set(renamed.values()) | set(diff["new"])
+    assert not set(renamed) & set(diff["removed"])
+    for old, instead in diff["superseded_by"].items():
+        assert old in diff["removed"] and instead in v4
+
+
+def test_dialect_handles_every_rename() -> None:
+    assert dialect.RENAMED_3_TO_4 == catalog.version_diff()["renamed"]
+
+
+@pytest.mark.parametrize("old,new", sorted(dialect.RENAMED_3_TO_4.items()))
+def test_each_rename_renders_in_the_target_spelling(old: str, new: str, cli: CliRunner,
+                                                    tmp_path: Path) -> None:
+    value = {"metric": "acc", "save_safetensors": "false", "train_type": "full"}[old]
+    for written in (old, new):
+        cfg = tmp_path / f"{written}.yaml"
+        cfg.write_text(f"launch: {{gpus: '0'}}\nargs:\n  model: o/m\n  {written}: {value}\n")
+        for major, spelled in (("3", old), ("4", new)):
+            out = cli.invoke(app, ["render", str(cfg), "--format", "json", "--swift-version", major])
+            assert out.exit_code == 0, out.output
+            argv = json.loads(out.stdout)["argv"]
+            assert argv[argv.index(f"--{spelled}") + 1] == value
+            assert f"--{written if written != spelled else '_'}" not in argv[2:]
+
+
+def test_both_spellings_at_once_is_an_error(cli: CliRunner, tmp_path: Path) -> None:
+    cfg = tmp_path / "both.yaml"
+    cfg.write_text("args:\n  model: o/m\n  train_type: full\n  tuner_type: lora\n")
+    out = cli.invoke(app, ["validate", str(cfg)])
+    assert out.exit_code == 1
+    assert "'tuner_type' and 'train_type' are the same argument" in out.output
+
+
+def test_a_removed_3x_argument_says_what_to_use(cli: CliRunner, tmp_path: Path) -> None:
+    cfg = tmp_path / "old.yaml"
+    cfg.write_text("args:\n  model: o/m\n  no_cuda: true\n")
+    out = cli.invoke(app, ["validate", str(cfg), "--swift-version", "4"])
+    assert out.exit_code == 1
+    assert "'no_cuda' was removed in ms-swift 4.x" in out.output and "use_cpu" in out.output
+    assert cli.invoke(app, ["validate", str(cfg), "--swift-version", "3"]).exit_code == 0
