@@ -14,7 +14,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, NoReturn
 
-import typer
+from sftctl.envvars import quiet_pydantic_plugins
+
+quiet_pydantic_plugins()
+
+import typer  # noqa: E402 - after the environment tweak above
 
 from sftctl.errors import EXIT_INVALID, EXIT_USAGE, Problem, SftctlError, UsageError
 

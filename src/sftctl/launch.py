@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sftctl import gpus, hostcheck, preflight, render, supervise
+from sftctl import envvars, gpus, hostcheck, preflight, render, supervise
 from sftctl.errors import ConfigError, LaunchError, Problem, RefusedError
 from sftctl.presets import Loaded
 from sftctl.record import RunRecord, base_manifest, complete_checkpoints, read_manifest
@@ -113,6 +113,7 @@ def prepare(resolved: Resolved, env: Mapping[str, str], opts: RunOptions,
 def child_env(cmd: render.Command, env: Mapping[str, str]) -> dict[str, str]:
     """The training command's environment; SWANLAB_TOKEN feeds SWANLAB_API_KEY."""
     out = cmd.apply_env(env)
+    envvars.undo(out)
     exe = hostcheck.find_executable(cmd.argv[0], out)
     if exe and not shutil.which(cmd.argv[0], path=out.get("PATH")):
         # sftctl runs from a venv that is not activated: its bin folder goes first, so
