@@ -34,14 +34,27 @@ def main() -> None:
     opts = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="sftctl-bench-run-"))
-    env = {**os.environ, "NO_COLOR": "1", "SFTCTL_CACHE": os.environ.get("SFTCTL_CACHE", str(work / "cache"))}
+    env = {
+        **os.environ,
+        "NO_COLOR": "1",
+        "SFTCTL_CACHE": os.environ.get("SFTCTL_CACHE", str(work / "cache")),
+    }
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
     sftctl = str(BIN / "sftctl")
     # Build the tiny model once, outside the timing.
-    subprocess.run([sftctl, "run", opts.preset, "--quiet"], cwd=work, env=env, check=True,
-                   capture_output=True)
-    doc = json.loads(subprocess.run([sftctl, "render", opts.preset, "--format", "json"], cwd=work,
-                                    env=env, check=True, capture_output=True, text=True).stdout)
+    subprocess.run(
+        [sftctl, "run", opts.preset, "--quiet"], cwd=work, env=env, check=True, capture_output=True
+    )
+    doc = json.loads(
+        subprocess.run(
+            [sftctl, "render", opts.preset, "--format", "json"],
+            cwd=work,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
     by_hand_env = {k: v for k, v in env.items() if k not in doc["unset"]}
     by_hand_env.update(doc["env"])
 
@@ -53,16 +66,24 @@ def main() -> None:
             folder.mkdir()
             start = time.perf_counter()
             if kind == "sftctl":
-                out = subprocess.run([sftctl, "run", opts.preset, "--quiet"], cwd=folder, env=env,
-                                     capture_output=True, text=True)
+                out = subprocess.run(
+                    [sftctl, "run", opts.preset, "--quiet"],
+                    cwd=folder,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                )
                 with_sftctl.append(time.perf_counter() - start)
             else:
-                out = subprocess.run(doc["argv"], cwd=folder, env=by_hand_env, capture_output=True,
-                                     text=True)
+                out = subprocess.run(
+                    doc["argv"], cwd=folder, env=by_hand_env, capture_output=True, text=True
+                )
                 by_hand.append(time.perf_counter() - start)
             if out.returncode != 0:
                 sys.exit(f"{kind} run {i} failed ({out.returncode}):\n{out.stderr[-3000:]}")
-        print(f"pair {i + 1}: sftctl {with_sftctl[-1]:.2f} s, by hand {by_hand[-1]:.2f} s", flush=True)
+        print(
+            f"pair {i + 1}: sftctl {with_sftctl[-1]:.2f} s, by hand {by_hand[-1]:.2f} s", flush=True
+        )
 
     ms, mh = statistics.median(with_sftctl), statistics.median(by_hand)
     overhead = statistics.median(a - b for a, b in zip(with_sftctl, by_hand, strict=True))
@@ -70,7 +91,10 @@ def main() -> None:
     print(f"median wall, sftctl run:      {ms:.2f} s")
     print(f"median wall, by hand:         {mh:.2f} s")
     print(f"median overhead per pair:     {overhead:+.2f} s")
-    print(f"ratio (median sftctl / hand): {ms / mh:.3f}  (floor {FLOOR}: {'met' if ms / mh < FLOOR else 'NOT met'})")
+    print(
+        f"ratio (median sftctl / hand): {ms / mh:.3f}  "
+        f"(floor {FLOOR}: {'met' if ms / mh < FLOOR else 'NOT met'})"
+    )
 
 
 if __name__ == "__main__":

@@ -25,14 +25,22 @@ BIN = Path(sys.executable).parent
 FLOOR_S = 0.5
 
 
-def timed(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, subprocess.CompletedProcess[str]]:
+def timed(
+    argv: list[str], env: dict[str, str], cwd: Path
+) -> tuple[float, subprocess.CompletedProcess[str]]:
     start = time.perf_counter()
     out = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
     return time.perf_counter() - start, out
 
 
-def median_of(runs: int, argv: list[str], env: dict[str, str], cwd: Path,
-              expect: int | None = None, must_say: str | None = None) -> float:
+def median_of(
+    runs: int,
+    argv: list[str],
+    env: dict[str, str],
+    cwd: Path,
+    expect: int | None = None,
+    must_say: str | None = None,
+) -> float:
     times = []
     for _ in range(runs):
         seconds, out = timed(argv, env, cwd)
@@ -53,9 +61,15 @@ def main() -> None:
     from sftctl.assets.builder import materialise
 
     work = Path(tempfile.mkdtemp(prefix="sftctl-bench-"))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1", "SFTCTL_SWIFT_VERSION": "4",
-           "MODELSCOPE_CACHE": str(work / "ms"), "HF_HOME": str(work / "hf"),
-           "MPLCONFIGDIR": str(work / "mpl")}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "NO_COLOR": "1",
+        "SFTCTL_SWIFT_VERSION": "4",
+        "MODELSCOPE_CACHE": str(work / "ms"),
+        "HF_HOME": str(work / "hf"),
+        "MPLCONFIGDIR": str(work / "mpl"),
+    }
     env.pop("CUDA_VISIBLE_DEVICES", None)
     model = materialise("builtin:tiny-qwen3")
     data = materialise("builtin:demo-sft")
@@ -64,17 +78,43 @@ def main() -> None:
         "launch: {gpus: ''}\n"
         f"args:\n  model: {model}\n  model_type: qwen3\n  template: qwen3\n  dataset: {data}\n"
         "  tuner_type: full\n  lerning_rate: 1e-4\n  max_steps: 1\n  check_model: false\n"
-        "  report_to: none\n  output_dir: out\n")
+        "  report_to: none\n  output_dir: out\n"
+    )
 
     sftctl = str(BIN / "sftctl")
-    validate = median_of(opts.runs, [sftctl, "validate", str(config)], env, work,
-                         expect=1, must_say="lerning_rate")
-    swift = median_of(opts.swift_runs,
-                      [str(BIN / "swift"), "sft", "--model", str(model), "--model_type", "qwen3",
-                       "--template", "qwen3", "--dataset", str(data), "--tuner_type", "full",
-                       "--lerning_rate", "1e-4", "--max_steps", "1", "--check_model", "false",
-                       "--report_to", "none", "--output_dir", str(work / "swift-out")],
-                      env, work, must_say="lerning_rate")
+    validate = median_of(
+        opts.runs, [sftctl, "validate", str(config)], env, work, expect=1, must_say="lerning_rate"
+    )
+    swift = median_of(
+        opts.swift_runs,
+        [
+            str(BIN / "swift"),
+            "sft",
+            "--model",
+            str(model),
+            "--model_type",
+            "qwen3",
+            "--template",
+            "qwen3",
+            "--dataset",
+            str(data),
+            "--tuner_type",
+            "full",
+            "--lerning_rate",
+            "1e-4",
+            "--max_steps",
+            "1",
+            "--check_model",
+            "false",
+            "--report_to",
+            "none",
+            "--output_dir",
+            str(work / "swift-out"),
+        ],
+        env,
+        work,
+        must_say="lerning_rate",
+    )
     render = median_of(opts.runs, [sftctl, "render", "zero2-qwen3-8b"], env, work, expect=0)
     typer_only = median_of(opts.runs, [sys.executable, "-c", "import typer"], env, work, expect=0)
 
@@ -83,7 +123,8 @@ def main() -> None:
     print(f"{'swift sft until it reports the same misspelling':58} {swift:9.3f}")
     print(f"{'  ratio swift / sftctl validate':58} {swift / validate:9.1f}x")
     print(f"{'sftctl render zero2-qwen3-8b':58} {render:9.3f}")
-    print(f"{'python -c \"import typer\"':58} {typer_only:9.3f}")
+    label = 'python -c "import typer"'
+    print(f"{label:58} {typer_only:9.3f}")
     print(f"{'  ratio render / import typer':58} {render / typer_only:9.2f}x")
     ok = validate < FLOOR_S and render < FLOOR_S
     print(f"floor {FLOOR_S} s for validate and render: {'met' if ok else 'NOT met'}")

@@ -31,8 +31,21 @@ def main() -> int:
     for preset, extra in SEEDS.items():
         target = HERE / "seeds" / f"{preset}.sh"
         mode = ["--check", str(target)] if check else ["-o", str(target)]
-        out = subprocess.run([sys.executable, "-m", "sftctl", "render", preset, "--swift-version", "4",
-                              *extra, *mode], capture_output=True, text=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sftctl",
+                "render",
+                preset,
+                "--swift-version",
+                "4",
+                *extra,
+                *mode,
+            ],
+            capture_output=True,
+            text=True,
+        )
         if out.returncode:
             failed += 1
             sys.stderr.write(out.stderr)

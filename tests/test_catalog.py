@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO, clean_env
 from typer.testing import CliRunner
 
-from conftest import REPO, clean_env
 from sftctl import catalog, dialect
 from sftctl.cli import app
 
@@ -23,8 +23,13 @@ DATA = REPO / "src" / "sftctl" / "catalog" / "data"
 def test_shipped_4x_catalog_equals_a_live_dump(tmp_path: Path) -> None:
     pytest.importorskip("swift", reason="ms-swift not installed")
     out = tmp_path / "live.json"
-    subprocess.run([sys.executable, "-m", "sftctl.catalog.dump", str(out)], check=True, timeout=240,
-                   capture_output=True, env=clean_env(HF_HUB_OFFLINE="1", HOME=str(tmp_path)))
+    subprocess.run(
+        [sys.executable, "-m", "sftctl.catalog.dump", str(out)],
+        check=True,
+        timeout=240,
+        capture_output=True,
+        env=clean_env(HF_HUB_OFFLINE="1", HOME=str(tmp_path)),
+    )
     live = json.loads(out.read_text())
     shipped = json.loads((DATA / "swift4.json").read_text())
     assert live["swift_version"] == shipped["swift_version"] == "4.6.0"
@@ -43,18 +48,21 @@ def test_every_difference_is_sorted() -> None:
 
 
 def test_dialect_handles_every_rename() -> None:
-    assert dialect.RENAMED_3_TO_4 == catalog.version_diff()["renamed"]
+    assert catalog.version_diff()["renamed"] == dialect.RENAMED_3_TO_4
 
 
 @pytest.mark.parametrize("old,new", sorted(dialect.RENAMED_3_TO_4.items()))
-def test_each_rename_renders_in_the_target_spelling(old: str, new: str, cli: CliRunner,
-                                                    tmp_path: Path) -> None:
+def test_each_rename_renders_in_the_target_spelling(
+    old: str, new: str, cli: CliRunner, tmp_path: Path
+) -> None:
     value = {"metric": "acc", "save_safetensors": "false", "train_type": "full"}[old]
     for written in (old, new):
         cfg = tmp_path / f"{written}.yaml"
         cfg.write_text(f"launch: {{gpus: '0'}}\nargs:\n  model: o/m\n  {written}: {value}\n")
         for major, spelled in (("3", old), ("4", new)):
-            out = cli.invoke(app, ["render", str(cfg), "--format", "json", "--swift-version", major])
+            out = cli.invoke(
+                app, ["render", str(cfg), "--format", "json", "--swift-version", major]
+            )
             assert out.exit_code == 0, out.output
             argv = json.loads(out.stdout)["argv"]
             assert argv[argv.index(f"--{spelled}") + 1] == value

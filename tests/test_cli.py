@@ -7,9 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import yaml
+from conftest import REPO
 from typer.testing import CliRunner
 
-from conftest import REPO
 from sftctl.cli import app
 
 

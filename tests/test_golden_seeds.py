@@ -165,9 +165,20 @@ ZERO2_30B = Seed(
 )
 
 
-def _lora_seed(preset: str, section: str, *, max_length: str, packing: str, batch: str, accum: str,
-               lr: str, save_steps: str, save_total_limit: str, logging_steps: str,
-               attn_impl: str) -> Seed:
+def _lora_seed(
+    preset: str,
+    section: str,
+    *,
+    max_length: str,
+    packing: str,
+    batch: str,
+    accum: str,
+    lr: str,
+    save_steps: str,
+    save_total_limit: str,
+    logging_steps: str,
+    attn_impl: str,
+) -> Seed:
     """Seed 003 sections 2.1-2.4 share every line but the ones passed in (see each call)."""
     return Seed(
         preset=preset,
@@ -204,21 +215,61 @@ def _lora_seed(preset: str, section: str, *, max_length: str, packing: str, batc
 
 
 # 003 2.1 (7B standard): 3072 / packing true / 8 x 4 / 2e-4 / 200 / 3 / 20 / flash_attn
-LORA_7B = _lora_seed("lora-7b", "2.1", max_length="3072", packing="true", batch="8", accum="4",
-                     lr="2e-4", save_steps="200", save_total_limit="3", logging_steps="20",
-                     attn_impl="flash_attn")
+LORA_7B = _lora_seed(
+    "lora-7b",
+    "2.1",
+    max_length="3072",
+    packing="true",
+    batch="8",
+    accum="4",
+    lr="2e-4",
+    save_steps="200",
+    save_total_limit="3",
+    logging_steps="20",
+    attn_impl="flash_attn",
+)
 # 003 2.2 (8B, tight memory): 3072 / packing true / 6 x 6 / 2e-4 / 200 / 3 / 20 / flash_attn
-LORA_8B = _lora_seed("lora-8b", "2.2", max_length="3072", packing="true", batch="6", accum="6",
-                     lr="2e-4", save_steps="200", save_total_limit="3", logging_steps="20",
-                     attn_impl="flash_attn")
+LORA_8B = _lora_seed(
+    "lora-8b",
+    "2.2",
+    max_length="3072",
+    packing="true",
+    batch="6",
+    accum="6",
+    lr="2e-4",
+    save_steps="200",
+    save_total_limit="3",
+    logging_steps="20",
+    attn_impl="flash_attn",
+)
 # 003 2.3 (20B): 3072 / packing true / 2 x 16 / 2e-4 / 200 / 3 / 20 / flash_attn
-LORA_20B = _lora_seed("lora-20b", "2.3", max_length="3072", packing="true", batch="2", accum="16",
-                      lr="2e-4", save_steps="200", save_total_limit="3", logging_steps="20",
-                      attn_impl="flash_attn")
+LORA_20B = _lora_seed(
+    "lora-20b",
+    "2.3",
+    max_length="3072",
+    packing="true",
+    batch="2",
+    accum="16",
+    lr="2e-4",
+    save_steps="200",
+    save_total_limit="3",
+    logging_steps="20",
+    attn_impl="flash_attn",
+)
 # 003 2.4 (OOM emergency): 2048 / packing false / 1 x 32 / 1e-4 / 100 / 2 / 50 / sdpa
-OOM_FALLBACK = _lora_seed("oom-fallback", "2.4", max_length="2048", packing="false", batch="1",
-                          accum="32", lr="1e-4", save_steps="100", save_total_limit="2",
-                          logging_steps="50", attn_impl="sdpa")
+OOM_FALLBACK = _lora_seed(
+    "oom-fallback",
+    "2.4",
+    max_length="2048",
+    packing="false",
+    batch="1",
+    accum="32",
+    lr="1e-4",
+    save_steps="100",
+    save_total_limit="2",
+    logging_steps="50",
+    attn_impl="sdpa",
+)
 
 # --- seed 003 section 7.1, the copy-and-paste quick start for Qwen2.5-7B ---------------
 _NO_PROXY = "127.0.0.1,localhost,::1"  # 003 7.1: export NO_PROXY=127.0.0.1,localhost,::1
@@ -327,7 +378,7 @@ def test_launcher_prefix_matches_seed(cli: CliRunner, seed: Seed, version: str) 
 
 def test_flags_match_seed(cli: CliRunner, seed: Seed, version: str) -> None:
     argv = render_json(cli, seed, version)["argv"]
-    flags = parse_flags(argv[len(seed.launcher):])
+    flags = parse_flags(argv[len(seed.launcher) :])
     assert flags == expected_flags(seed, version)
 
 
@@ -344,7 +395,8 @@ def test_seed_flags_exist_in_catalog(seed: Seed, version: str) -> None:
     version, is an argument of that version's shipped catalog."""
     path = resources.files("sftctl.catalog.data").joinpath(f"swift{version}.json")
     assert path.is_file(), (
-        f"no ms-swift {version}.x catalog shipped (src/sftctl/catalog/data/swift{version}.json)")
+        f"no ms-swift {version}.x catalog shipped (src/sftctl/catalog/data/swift{version}.json)"
+    )
     names = set(json.loads(path.read_text(encoding="utf-8"))["arguments"])
     wanted = {f[2:] for f in expected_flags(seed, version)}
     assert wanted - names == set()
@@ -353,8 +405,14 @@ def test_seed_flags_exist_in_catalog(seed: Seed, version: str) -> None:
 def test_no_swanlab_token_anywhere(cli: CliRunner, seed: Seed) -> None:
     """Intended difference: the seeds pass --swanlab_token and export SWANLAB_TOKEN;
     sftctl renders neither, even when the caller's environment holds both."""
-    runner = CliRunner(env={"COLUMNS": "120", "TERM": "dumb",
-                            "SWANLAB_TOKEN": "seed-secret-1", "SWANLAB_API_KEY": "seed-secret-2"})
+    runner = CliRunner(
+        env={
+            "COLUMNS": "120",
+            "TERM": "dumb",
+            "SWANLAB_TOKEN": "seed-secret-1",
+            "SWANLAB_API_KEY": "seed-secret-2",
+        }
+    )
     doc = render_json(runner, seed, "4")
     assert "--swanlab_token" not in doc["argv"]
     assert not any(t.startswith("--swanlab_token") for t in doc["argv"])

@@ -7,11 +7,10 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import clean_env
 
 HEAVY = ("torch", "transformers", "swift", "deepspeed")
-PROBE = """
+PROBE = f"""
 import json, sys
 sys.argv = ["sftctl", *json.loads(sys.argv[1])]
 from sftctl.cli import app
@@ -19,8 +18,8 @@ try:
     app()
 except SystemExit:
     pass
-print("\\nLOADED=" + json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in %r)))
-""" % (HEAVY,)
+print("\\nLOADED=" + json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY!r})))
+"""
 
 
 @pytest.mark.parametrize(

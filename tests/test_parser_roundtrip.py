@@ -17,8 +17,8 @@ import pytest
 from typer.testing import CliRunner
 
 from sftctl.cli import app
-from sftctl.service import builtin_paths
 from sftctl.resolve import Overrides, resolve
+from sftctl.service import builtin_paths
 
 pytestmark = pytest.mark.swift
 
@@ -81,26 +81,34 @@ def _render(preset: str) -> tuple[dict[str, Any], str | None]:
 def _swift_flags(argv: list[str]) -> list[str]:
     i = argv.index("swift")
     assert argv[i + 1] == "sft", argv
-    return argv[i + 2:]
+    return argv[i + 2 :]
 
 
 def _same(expected: Any, parsed: Any) -> bool:
     """Does the parser's value mean the config's value?"""
-    if isinstance(expected, (dict, list)) and isinstance(parsed, str) and not (
-        isinstance(expected, list) and all(isinstance(e, str) for e in expected)
+    if (
+        isinstance(expected, (dict, list))
+        and isinstance(parsed, str)
+        and not (isinstance(expected, list) and all(isinstance(e, str) for e in expected))
     ):
         parsed = json.loads(parsed)  # JSON-typed args (gradient_checkpointing_kwargs) stay text
     if isinstance(expected, bool):
         return isinstance(parsed, bool) and parsed is expected
     if isinstance(expected, float) or (isinstance(expected, int) and isinstance(parsed, float)):
         # floats by value: `1e-4` in the config and 0.0001 from the parser are the same
-        return isinstance(parsed, (int, float)) and not isinstance(parsed, bool) \
+        return (
+            isinstance(parsed, (int, float))
+            and not isinstance(parsed, bool)
             and float(parsed) == float(expected)
+        )
     if isinstance(expected, int):
         return isinstance(parsed, int) and not isinstance(parsed, bool) and parsed == expected
     if isinstance(expected, list):
-        return isinstance(parsed, list) and len(parsed) == len(expected) and all(
-            _same(e, p) for e, p in zip(expected, parsed, strict=True))
+        return (
+            isinstance(parsed, list)
+            and len(parsed) == len(expected)
+            and all(_same(e, p) for e, p in zip(expected, parsed, strict=True))
+        )
     if isinstance(expected, dict):
         return isinstance(parsed, dict) and parsed == expected
     return type(parsed) is str and parsed == expected
@@ -108,8 +116,16 @@ def _same(expected: Any, parsed: Any) -> bool:
 
 def test_presets_are_listed() -> None:
     assert len(PRESETS) >= 10
-    for name in ("ddp-device_map-qwen3-8b", "zero2-qwen3-8b", "zero2-qwen3-30b-a3b", "lora-7b",
-                 "lora-8b", "lora-20b", "oom-fallback", "lora-qwen2.5-7b"):
+    for name in (
+        "ddp-device_map-qwen3-8b",
+        "zero2-qwen3-8b",
+        "zero2-qwen3-30b-a3b",
+        "lora-7b",
+        "lora-8b",
+        "lora-20b",
+        "oom-fallback",
+        "lora-qwen2.5-7b",
+    ):
         assert name in PRESETS
 
 

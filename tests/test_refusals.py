@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import clean_env, sftctl_exe
 
 pytestmark = pytest.mark.timeout(180)
@@ -36,14 +35,23 @@ def sandbox(tmp_path: Path, cache: Path) -> tuple[Path, dict[str, str], Path]:
         exe.chmod(0o755)
     work = tmp_path / "work"
     work.mkdir()
-    env = clean_env(SFTCTL_CACHE=str(cache), HOME=str(tmp_path / "home"),
-                    PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    env = clean_env(
+        SFTCTL_CACHE=str(cache),
+        HOME=str(tmp_path / "home"),
+        PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+    )
     return work, env, marker
 
 
 def _run(work: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*sftctl_exe(), "run", *args], cwd=work, env=env, capture_output=True,
-                          text=True, timeout=150)
+    return subprocess.run(
+        [*sftctl_exe(), "run", *args],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
 
 
 def _refused(out: subprocess.CompletedProcess[str], marker: Path, *needles: str) -> None:
@@ -56,13 +64,17 @@ def _refused(out: subprocess.CompletedProcess[str], marker: Path, *needles: str)
     assert not marker.exists(), "the training command was started"
 
 
-def test_output_dir_holding_another_runs_checkpoints(sandbox: tuple[Path, dict[str, str], Path]) -> None:
+def test_output_dir_holding_another_runs_checkpoints(
+    sandbox: tuple[Path, dict[str, str], Path],
+) -> None:
     work, env, marker = sandbox
     old = work / "out" / "checkpoint-8"
     old.mkdir(parents=True)
     (old / "model.safetensors").write_bytes(b"weights of another run")
     out = _run(work, env, "cpu-smoke", "--set", "add_version=false", "--set", "output_dir=out")
-    _refused(out, marker, "args.output_dir", "already holds checkpoints", "checkpoint-8", "--resume")
+    _refused(
+        out, marker, "args.output_dir", "already holds checkpoints", "checkpoint-8", "--resume"
+    )
     assert (old / "model.safetensors").read_bytes() == b"weights of another run"
 
 
@@ -77,7 +89,9 @@ def busy_port() -> Iterator[int]:
 def test_busy_fixed_port(sandbox: tuple[Path, dict[str, str], Path], busy_port: int) -> None:
     work, env, marker = sandbox
     out = _run(work, env, "cpu-smoke-ddp", "--set", f"launch.master_port={busy_port}")
-    _refused(out, marker, "launch.master_port", f"port {busy_port} is already in use", "pick a free port")
+    _refused(
+        out, marker, "launch.master_port", f"port {busy_port} is already in use", "pick a free port"
+    )
 
 
 def test_two_processes_without_gpu_or_use_cpu(sandbox: tuple[Path, dict[str, str], Path]) -> None:
@@ -102,13 +116,21 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", str(mount)], check=False)
 
 
-def test_disk_too_small_for_the_checkpoints(sandbox: tuple[Path, dict[str, str], Path],
-                                            small_disk: Path) -> None:
+def test_disk_too_small_for_the_checkpoints(
+    sandbox: tuple[Path, dict[str, str], Path], small_disk: Path
+) -> None:
     work, env, marker = sandbox
     out = _run(work, env, "cpu-smoke", "--set", f"output_dir={small_disk / 'out'}")
     # 3 checkpoints (save_total_limit 2 + 1 being written) of the tiny model's weights
     # plus optimizer state do not fit into 1 MiB.
-    _refused(out, marker, "not enough disk", "3 checkpoints", f"{small_disk} has", "lower save_total_limit")
+    _refused(
+        out,
+        marker,
+        "not enough disk",
+        "3 checkpoints",
+        f"{small_disk} has",
+        "lower save_total_limit",
+    )
     assert not any(small_disk.rglob("*.safetensors"))
 
 

@@ -22,7 +22,7 @@ def test_bash_runs_exactly_the_json_argv(tmp_path: Path) -> None:
     values = {k: (v.format(canary=canary) if isinstance(v, str) else v) for k, v in NASTY.items()}
     cfg = {
         "launch": {"gpus": "0"},
-        "env": {"NOTE": "a 'quoted' $(touch %s) value" % canary},
+        "env": {"NOTE": f"a 'quoted' $(touch {canary}) value"},
         "args": {"model": "org/m", "train_type": "lora", "dataset": "org/d", **values},
     }
     path = tmp_path / "nasty.yaml"

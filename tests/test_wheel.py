@@ -9,39 +9,64 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, clean_env
 
 
 @pytest.mark.timeout(600)
 def test_wheel_ships_presets_and_catalogs(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(REPO)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(REPO)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     wheel = next(dist.glob("sftctl-*.whl"))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", str(wheel)], check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "--quiet", str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     env = clean_env(SFTCTL_PRESETS=str(tmp_path / "none"))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
 
     def sftctl(*args: str) -> str:
-        out = subprocess.run([str(venv / "bin" / "sftctl"), *args], cwd=elsewhere, env=env,
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [str(venv / "bin" / "sftctl"), *args],
+            cwd=elsewhere,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 0, out.stderr
         return out.stdout
 
     listed = json.loads(sftctl("presets", "--json"))
-    assert sorted(p["name"] for p in listed) == sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
+    assert sorted(p["name"] for p in listed) == sorted(
+        p.stem for p in (REPO / "configs").glob("*.yaml")
+    )
     assert all(p["location"].startswith("sftctl/configs/") for p in listed)
     for major in ("3", "4"):
-        doc = json.loads(sftctl("render", "zero2-qwen3-8b", "--format", "json", "--swift-version", major))
+        doc = json.loads(
+            sftctl("render", "zero2-qwen3-8b", "--format", "json", "--swift-version", major)
+        )
         assert ("--train_type" if major == "3" else "--tuner_type") in doc["argv"]
     shipped = {p.name for p in (REPO / "src/sftctl/catalog/data").glob("*.json")}
-    site = subprocess.run([str(venv / "bin" / "python"), "-c",
-                           "import sftctl.catalog.data as d, os; print(os.path.dirname(d.__file__))"],
-                          capture_output=True, text=True, check=True, cwd=elsewhere).stdout.strip()
+    site = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "import sftctl.catalog.data as d, os; print(os.path.dirname(d.__file__))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=elsewhere,
+    ).stdout.strip()
     assert str(REPO) not in site
     assert {p.name for p in Path(site).glob("*.json")} == shipped

@@ -12,15 +12,18 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 from sftctl.envvars import quiet_pydantic_plugins
 
 quiet_pydantic_plugins()
 
+if TYPE_CHECKING:
+    from sftctl.resolve import Overrides
+
 import typer  # noqa: E402 - after the environment tweak above
 
-from sftctl.errors import EXIT_INVALID, EXIT_USAGE, Problem, SftctlError, UsageError
+from sftctl.errors import EXIT_INVALID, EXIT_USAGE, Problem, SftctlError, UsageError  # noqa: E402
 
 app = typer.Typer(
     name="sftctl",
@@ -31,17 +34,30 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-TargetArg = Annotated[str | None, typer.Argument(help="A preset name or a path to a YAML config.",
-                                                 show_default=False)]
+TargetArg = Annotated[
+    str | None, typer.Argument(help="A preset name or a path to a YAML config.", show_default=False)
+]
 PresetOpt = Annotated[str | None, typer.Option("--preset", help="A shipped or user preset name.")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="A path to a YAML config.")]
-SetOpt = Annotated[list[str] | None, typer.Option(
-    "--set", help="KEY=VALUE: an ms-swift argument (learning_rate=1e-4) or a dotted "
-    "config path (launch.nproc_per_node=2). Repeatable.")]
-GpusOpt = Annotated[str | None, typer.Option("--gpus", help="GPU ids for CUDA_VISIBLE_DEVICES, e.g. 0,1,2,3.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="KEY=VALUE: an ms-swift argument (learning_rate=1e-4) or a dotted "
+        "config path (launch.nproc_per_node=2). Repeatable.",
+    ),
+]
+GpusOpt = Annotated[
+    str | None, typer.Option("--gpus", help="GPU ids for CUDA_VISIBLE_DEVICES, e.g. 0,1,2,3.")
+]
 ModelOpt = Annotated[str | None, typer.Option("--model", help="The model id or local path.")]
-VersionOpt = Annotated[str | None, typer.Option(
-    "--swift-version", help="Target ms-swift major version (3 or 4); default: the installed one.")]
+VersionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--swift-version",
+        help="Target ms-swift major version (3 or 4); default: the installed one.",
+    ),
+]
 
 
 def _color(stream: object) -> bool:
@@ -84,8 +100,9 @@ def _target(target: str | None, preset: str | None, config: Path | None) -> str:
     return given[0]
 
 
-def _overrides(sets: list[str] | None, gpus: str | None, model: str | None,
-               swift_version: str | None) -> object:
+def _overrides(
+    sets: list[str] | None, gpus: str | None, model: str | None, swift_version: str | None
+) -> Overrides:
     from sftctl.resolve import Overrides
 
     return Overrides(sets=tuple(sets or ()), gpus=gpus, model=model, swift_version=swift_version)
@@ -117,15 +134,20 @@ def render(
     swift_version: VersionOpt = None,
     fmt: Annotated[str, typer.Option("--format", help="sh, json or swift-yaml.")] = "sh",
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write to FILE.")] = None,
-    check: Annotated[Path | None, typer.Option(
-        "--check", help="Exit 1 if FILE differs from the rendering (a CI drift check).")] = None,
+    check: Annotated[
+        Path | None,
+        typer.Option(
+            "--check", help="Exit 1 if FILE differs from the rendering (a CI drift check)."
+        ),
+    ] = None,
 ) -> None:
     """Print the exact launch command as a bash script, JSON, or an ms-swift YAML."""
     from sftctl import service
 
     with boundary():
-        text = service.render_text(_target(target, preset, config),
-                                   _overrides(set_, gpus, model, swift_version), fmt)  # type: ignore[arg-type]
+        text = service.render_text(
+            _target(target, preset, config), _overrides(set_, gpus, model, swift_version), fmt
+        )
         if check is not None:
             service.check_drift(check, text)
             return
@@ -137,28 +159,44 @@ def render(
 
 @app.command()
 def validate(
-    targets: Annotated[list[str] | None, typer.Argument(help="Presets or YAML files.", show_default=False)] = None,
+    targets: Annotated[
+        list[str] | None, typer.Argument(help="Presets or YAML files.", show_default=False)
+    ] = None,
     preset: PresetOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     gpus: GpusOpt = None,
     model: ModelOpt = None,
     swift_version: VersionOpt = None,
-    host: Annotated[bool, typer.Option("--host", help="Also check this machine: data and model paths, packages.")] = False,
+    host: Annotated[
+        bool,
+        typer.Option("--host", help="Also check this machine: data and model paths, packages."),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Check configs; print every problem as 'location: message'. Exit 1 if any."""
     from sftctl import service
 
     with boundary():
-        names = list(targets or []) + ([preset] if preset else []) + ([str(config)] if config else [])
+        names = (
+            list(targets or []) + ([preset] if preset else []) + ([str(config)] if config else [])
+        )
         if not names:
-            raise UsageError("give at least one TARGET: a preset name, --preset NAME or --config FILE")
-        results = service.validate_many(names, _overrides(set_, gpus, model, swift_version), host=host)  # type: ignore[arg-type]
+            raise UsageError(
+                "give at least one TARGET: a preset name, --preset NAME or --config FILE"
+            )
+        results = service.validate_many(
+            names, _overrides(set_, gpus, model, swift_version), host=host
+        )
         bad = {t: probs for t, probs in results.items() if probs}
         if as_json:
-            print(json.dumps({t: [p.as_dict() for p in probs] for t, probs in results.items()},
-                             indent=2, ensure_ascii=False))
+            print(
+                json.dumps(
+                    {t: [p.as_dict() for p in probs] for t, probs in results.items()},
+                    indent=2,
+                    ensure_ascii=False,
+                )
+            )
         else:
             for t, probs in results.items():
                 if not probs:
@@ -179,7 +217,7 @@ def show(
     model: ModelOpt = None,
     swift_version: VersionOpt = None,
 ) -> None:
-    """Show a resolved config (each key with the file that set it, effective batch, layout) or a run folder's manifest."""
+    """Show a resolved config (who set each key, effective batch, layout), or a run's manifest."""
     from sftctl import show as show_mod
 
     with boundary():
@@ -187,7 +225,7 @@ def show(
         if Path(name).is_dir():
             show_mod.show_run(Path(name))
             return
-        show_mod.show_target(name, _overrides(set_, gpus, model, swift_version))  # type: ignore[arg-type]
+        show_mod.show_target(name, _overrides(set_, gpus, model, swift_version))
 
 
 @app.command()
@@ -199,10 +237,19 @@ def run(
     gpus: GpusOpt = None,
     model: ModelOpt = None,
     swift_version: VersionOpt = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the script; start nothing.")] = False,
-    detach: Annotated[bool, typer.Option("--detach", help="Run in the background; survives the terminal.")] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last complete checkpoint in output_dir.")] = False,
-    grace: Annotated[float, typer.Option("--grace", help="Seconds between forwarding a signal and SIGKILL.")] = 30.0,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the script; start nothing.")
+    ] = False,
+    detach: Annotated[
+        bool, typer.Option("--detach", help="Run in the background; survives the terminal.")
+    ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue from the last complete checkpoint in output_dir."),
+    ] = False,
+    grace: Annotated[
+        float, typer.Option("--grace", help="Seconds between forwarding a signal and SIGKILL.")
+    ] = 30.0,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress display.")] = False,
     run_id: Annotated[str | None, typer.Option("--run-id", hidden=True)] = None,
 ) -> None:
@@ -213,19 +260,23 @@ def run(
         name = _target(target, preset, config)
         ov = _overrides(set_, gpus, model, swift_version)
         if dry_run:
-            sys.stdout.write(service.render_text(name, ov, "sh"))  # type: ignore[arg-type]
+            sys.stdout.write(service.render_text(name, ov, "sh"))
             return
         from sftctl import launch
 
-        opts = launch.RunOptions(detach=detach, resume=resume, grace=grace, quiet=quiet, run_id=run_id)
-        code = launch.run(name, ov, opts)  # type: ignore[arg-type]
+        opts = launch.RunOptions(
+            detach=detach, resume=resume, grace=grace, quiet=quiet, run_id=run_id
+        )
+        code = launch.run(name, ov, opts)
     raise typer.Exit(code)
 
 
 @app.command("resume")
 def resume_cmd(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (or its .sftctl staging folder).")],
-    grace: Annotated[float, typer.Option("--grace", help="Seconds between forwarding a signal and SIGKILL.")] = 30.0,
+    grace: Annotated[
+        float, typer.Option("--grace", help="Seconds between forwarding a signal and SIGKILL.")
+    ] = 30.0,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress display.")] = False,
 ) -> None:
     """Continue a recorded run from its last complete checkpoint."""
@@ -239,7 +290,9 @@ def resume_cmd(
 @app.command()
 def stop(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (or its .sftctl staging folder).")],
-    grace: Annotated[float, typer.Option("--grace", help="Seconds before SIGKILL if the supervisor is gone.")] = 30.0,
+    grace: Annotated[
+        float, typer.Option("--grace", help="Seconds before SIGKILL if the supervisor is gone.")
+    ] = 30.0,
 ) -> None:
     """Stop a running or detached run: SIGTERM to its whole process tree, then SIGKILL."""
     from sftctl import launch

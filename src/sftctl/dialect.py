@@ -45,8 +45,8 @@ def removed_hint(name: str, major: int) -> str | None:
     diff = version_diff()
     if name not in diff.get("removed", []):
         return None
-    note = diff.get("removed_notes", {}).get(name)
-    instead = diff.get("superseded_by", {}).get(name)
+    note: str | None = diff.get("removed_notes", {}).get(name)
+    instead: str | None = diff.get("superseded_by", {}).get(name)
     if note:
         return note
     return f"use {instead}" if instead else "remove it (ms-swift 4.x has no equivalent)"

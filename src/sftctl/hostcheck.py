@@ -51,8 +51,12 @@ def _as_list(value: Any) -> list[str]:
     return [str(v) for v in (value if isinstance(value, list) else [value])]
 
 
-def check(resolved: Resolved, env: Mapping[str, str], cwd: Path | None = None,
-          path_of: Mapping[str, str] | None = None) -> list[Problem]:
+def check(
+    resolved: Resolved,
+    env: Mapping[str, str],
+    cwd: Path | None = None,
+    path_of: Mapping[str, str] | None = None,
+) -> list[Problem]:
     """Problems that would make the run fail on this machine."""
     base = cwd or Path.cwd()
     path_of = path_of or {}
@@ -65,30 +69,60 @@ def check(resolved: Resolved, env: Mapping[str, str], cwd: Path | None = None,
                 path = Path(_SAMPLE.sub("", item)).expanduser()
                 path = path if path.is_absolute() else base / path
                 if not path.exists():
-                    problems.append(Problem(
-                        f"args.{key}", f"local dataset '{item}' does not exist ({path})",
-                        "fix the path; ms-swift would take it for a hub id and fail after a minute"))
+                    problems.append(
+                        Problem(
+                            f"args.{key}",
+                            f"local dataset '{item}' does not exist ({path})",
+                            "fix the path; ms-swift would take it for a hub id and fail after a minute",
+                        )
+                    )
     model = resolved.args.get("model")
-    if isinstance(model, str) and model not in path_of and not model.startswith("builtin:"):
-        if model.startswith(("./", "../", "/", "~")):
-            path = Path(model).expanduser()
-            path = path if path.is_absolute() else base / path
-            if not (path / "config.json").is_file():
-                problems.append(Problem("args.model", f"local model folder '{model}' has no config.json ({path})",
-                                        "point model at a folder with config.json and weights"))
+    if (
+        isinstance(model, str)
+        and model not in path_of
+        and not model.startswith("builtin:")
+        and model.startswith(("./", "../", "/", "~"))
+    ):
+        path = Path(model).expanduser()
+        path = path if path.is_absolute() else base / path
+        if not (path / "config.json").is_file():
+            problems.append(
+                Problem(
+                    "args.model",
+                    f"local model folder '{model}' has no config.json ({path})",
+                    "point model at a folder with config.json and weights",
+                )
+            )
     wanted = []
     if resolved.args.get("deepspeed"):
         wanted.append(("deepspeed", "deepspeed", "pip install 'sftctl[deepspeed]'"))
     if resolved.args.get("attn_impl") in FLASH_ATTN:
-        wanted.append(("flash_attn", "attn_impl", "pip install 'sftctl[gpu]' (needs CUDA), or attn_impl: sdpa"))
+        wanted.append(
+            (
+                "flash_attn",
+                "attn_impl",
+                "pip install 'sftctl[gpu]' (needs CUDA), or attn_impl: sdpa",
+            )
+        )
     if "swanlab" in _as_list(resolved.args.get("report_to")):
         wanted.append(("swanlab", "report_to", "pip install 'sftctl[swanlab]'"))
     for module, key, fix in wanted:
         if not _installed(module):
-            problems.append(Problem(f"args.{key}", f"needs the Python package '{module}', which is not installed", fix))
+            problems.append(
+                Problem(
+                    f"args.{key}",
+                    f"needs the Python package '{module}', which is not installed",
+                    fix,
+                )
+            )
     launcher = resolved.config.launch.launcher
     exe = "torchrun" if launcher == "torchrun" else "swift"
     if find_executable(exe, env) is None:
-        problems.append(Problem("launch.launcher", f"'{exe}' is not on PATH",
-                                "pip install 'sftctl[swift]' (ms-swift and torch) in this environment"))
+        problems.append(
+            Problem(
+                "launch.launcher",
+                f"'{exe}' is not on PATH",
+                "pip install 'sftctl[swift]' (ms-swift and torch) in this environment",
+            )
+        )
     return problems

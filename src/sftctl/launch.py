@@ -23,7 +23,13 @@ from sftctl.yamlio import dump, load_text
 
 # Variables a run inherits that would change what ms-swift does behind the config's back.
 REDACT = "<redacted>"
-SECRET_VARS = ("SWANLAB_API_KEY", "SWANLAB_TOKEN", "WANDB_API_KEY", "HF_TOKEN", "MODELSCOPE_API_TOKEN")
+SECRET_VARS = (
+    "SWANLAB_API_KEY",
+    "SWANLAB_TOKEN",
+    "WANDB_API_KEY",
+    "HF_TOKEN",
+    "MODELSCOPE_API_TOKEN",
+)
 
 
 @dataclass(frozen=True)
@@ -43,8 +49,12 @@ def _say(text: str) -> None:
 
 def _materialise(resolved: Resolved) -> dict[str, str]:
     """Build or copy the built-in assets the run refers to; map refs to paths."""
-    refs = [v for key in ("model", "dataset") for v in _as_list(resolved.args.get(key))
-            if v.startswith("builtin:")]
+    refs = [
+        v
+        for key in ("model", "dataset")
+        for v in _as_list(resolved.args.get(key))
+        if v.startswith("builtin:")
+    ]
     paths = builtin_paths(resolved)
     if refs:
         from sftctl.assets.builder import materialise
@@ -71,8 +81,13 @@ def _model_dir(resolved: Resolved, paths: Mapping[str, str], cwd: Path) -> Path 
 
 def _last_checkpoint(output_dir: Path, in_place: bool) -> Path | None:
     """The newest complete checkpoint of the latest run under ``output_dir``."""
-    folders = [output_dir] if in_place else sorted(
-        (p for p in output_dir.glob("v*-*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    folders = (
+        [output_dir]
+        if in_place
+        else sorted(
+            (p for p in output_dir.glob("v*-*") if p.is_dir()), key=lambda p: p.stat().st_mtime
+        )
+    )
     for folder in reversed(folders):
         done = complete_checkpoints(folder)
         if done:
@@ -80,8 +95,9 @@ def _last_checkpoint(output_dir: Path, in_place: bool) -> Path | None:
     return None
 
 
-def prepare(resolved: Resolved, env: Mapping[str, str], opts: RunOptions,
-            cwd: Path) -> tuple[render.Command, dict[str, str], Path, list[str]]:
+def prepare(
+    resolved: Resolved, env: Mapping[str, str], opts: RunOptions, cwd: Path
+) -> tuple[render.Command, dict[str, str], Path, list[str]]:
     """Every check that can refuse the run, then the exact command. Starts nothing."""
     paths = _materialise(resolved)
     problems = hostcheck.check(resolved, env, cwd=cwd, path_of=paths)
@@ -92,17 +108,24 @@ def prepare(resolved: Resolved, env: Mapping[str, str], opts: RunOptions,
     if opts.resume and "resume_from_checkpoint" not in resolved.args:
         last = _last_checkpoint(output_dir, in_place)
         if last is None:
-            problems.append(Problem("--resume", f"no complete checkpoint under {output_dir}",
-                                    "start the run without --resume"))
+            problems.append(
+                Problem(
+                    "--resume",
+                    f"no complete checkpoint under {output_dir}",
+                    "start the run without --resume",
+                )
+            )
         else:
             resolved.args["resume_from_checkpoint"] = str(last)
     launch = resolved.config.launch
     port = launch.master_port
     distributed = launch.launcher == "torchrun" or launch.nproc_per_node > 1 or launch.nnodes > 1
-    problems += preflight.check_port(port, port is not None and distributed
-                                     and supervise.port_in_use(port))
-    disk, warnings = preflight.check_disk(preflight.disk_plan(resolved, output_dir,
-                                                              _model_dir(resolved, paths, cwd)))
+    problems += preflight.check_port(
+        port, port is not None and distributed and supervise.port_in_use(port)
+    )
+    disk, warnings = preflight.check_disk(
+        preflight.disk_plan(resolved, output_dir, _model_dir(resolved, paths, cwd))
+    )
     problems += disk
     if problems:
         raise RefusedError(problems=problems)
@@ -128,14 +151,22 @@ def _redacted(env: Mapping[str, str]) -> dict[str, str]:
     return {k: (REDACT if k in SECRET_VARS else v) for k, v in env.items()}
 
 
-def run(target: str, overrides: Overrides, opts: RunOptions, cwd: Path | None = None,
-        loaded: Loaded | None = None) -> int:
+def run(
+    target: str,
+    overrides: Overrides,
+    opts: RunOptions,
+    cwd: Path | None = None,
+    loaded: Loaded | None = None,
+) -> int:
     """Check, launch, supervise; return the training command's exit code (or 128+N)."""
     env = dict(os.environ)
     cwd = cwd or Path.cwd()
     visible = gpus.visible_gpus(env)
-    resolved = (resolve_loaded(loaded, overrides, env=env, visible=visible) if loaded is not None
-                else resolve(target, overrides, env=env, visible=visible))
+    resolved = (
+        resolve_loaded(loaded, overrides, env=env, visible=visible)
+        if loaded is not None
+        else resolve(target, overrides, env=env, visible=visible)
+    )
     try:
         cmd, _paths, output_dir, warnings = prepare(resolved, env, opts, cwd)
     except RefusedError as exc:
@@ -146,15 +177,28 @@ def run(target: str, overrides: Overrides, opts: RunOptions, cwd: Path | None = 
     if opts.detach:
         return _detach(target, overrides, opts, output_dir, loaded)
 
-    record = RunRecord.create(output_dir, base_manifest(
-        target=target, preset=resolved.loaded.preset, preset_hash=resolved.loaded.digest,
-        files=[layer.label for layer in resolved.loaded.layers],
-        config=_config_doc(resolved), config_yaml=dump(_config_doc(resolved), for_people=True),
-        swift_version=resolved.major, env=_redacted(cmd.env), unset=cmd.unset, argv=cmd.argv,
-        cwd=str(cwd), gpus=env.get("CUDA_VISIBLE_DEVICES", cmd.env.get("CUDA_VISIBLE_DEVICES")),
-        layout=resolved.layout.description, supervisor_pid=os.getpid(),
-        supervisor_start=_start_of(os.getpid()),
-    ), in_place=resolved.args.get("add_version", True) is False, run_id=opts.run_id)
+    record = RunRecord.create(
+        output_dir,
+        base_manifest(
+            target=target,
+            preset=resolved.loaded.preset,
+            preset_hash=resolved.loaded.digest,
+            files=[layer.label for layer in resolved.loaded.layers],
+            config=_config_doc(resolved),
+            config_yaml=dump(_config_doc(resolved), for_people=True),
+            swift_version=resolved.major,
+            env=_redacted(cmd.env),
+            unset=cmd.unset,
+            argv=cmd.argv,
+            cwd=str(cwd),
+            gpus=env.get("CUDA_VISIBLE_DEVICES", cmd.env.get("CUDA_VISIBLE_DEVICES")),
+            layout=resolved.layout.description,
+            supervisor_pid=os.getpid(),
+            supervisor_start=_start_of(os.getpid()),
+        ),
+        in_place=resolved.args.get("add_version", True) is False,
+        run_id=opts.run_id,
+    )
 
     mode = "quiet" if opts.quiet else ("live" if sys.stdout.isatty() else "plain")
     from sftctl.progress import Follower
@@ -168,20 +212,40 @@ def run(target: str, overrides: Overrides, opts: RunOptions, cwd: Path | None = 
     wall = time.monotonic()
     try:
         with Follower(record.discover, mode) as follower:
-            outcome = supervise.run_supervised(cmd.argv, child_env(cmd, env), cwd=cwd,
-                                               log_path=record.log, grace=opts.grace,
-                                               on_start=started)
+            outcome = supervise.run_supervised(
+                cmd.argv,
+                child_env(cmd, env),
+                cwd=cwd,
+                log_path=record.log,
+                grace=opts.grace,
+                on_start=started,
+            )
     except OSError as exc:
         record.finish(status="failed to start", exit_code=None, error=str(exc))
         raise LaunchError(f"could not start {cmd.argv[0]}: {exc.strerror or exc}") from None
     wall = time.monotonic() - wall
-    status = ("killed" if outcome.killed else "signalled" if outcome.signal
-              else "succeeded" if outcome.returncode == 0 else "failed")
+    status = (
+        "killed"
+        if outcome.killed
+        else "signalled"
+        if outcome.signal
+        else "succeeded"
+        if outcome.returncode == 0
+        else "failed"
+    )
     stats = follower.stats
-    record.finish(status=status, exit_code=outcome.returncode, signal=outcome.signal,
-                  killed=outcome.killed, descendants=outcome.descendants,
-                  wall_seconds=round(wall, 2), first_loss=stats.first_loss, last_loss=stats.loss,
-                  steps=stats.step, steps_per_second=stats.steps_per_second)
+    record.finish(
+        status=status,
+        exit_code=outcome.returncode,
+        signal=outcome.signal,
+        killed=outcome.killed,
+        descendants=outcome.descendants,
+        wall_seconds=round(wall, 2),
+        first_loss=stats.first_loss,
+        last_loss=stats.loss,
+        steps=stats.step,
+        steps_per_second=stats.steps_per_second,
+    )
     if mode != "quiet":
         _summary(record, outcome, stats, wall)
     return outcome.returncode
@@ -204,10 +268,14 @@ def _summary(record: RunRecord, outcome: supervise.Outcome, stats: Any, wall: fl
     if outcome.returncode == 0:
         lines.append("sftctl: training finished")
     elif outcome.signal:
-        lines.append(f"sftctl: stopped by signal {outcome.signal}; the whole process tree was ended"
-                     + (" (SIGKILL after the grace period)" if outcome.killed else ""))
+        lines.append(
+            f"sftctl: stopped by signal {outcome.signal}; the whole process tree was ended"
+            + (" (SIGKILL after the grace period)" if outcome.killed else "")
+        )
     else:
-        lines.append(f"sftctl: training failed with exit code {outcome.returncode}; last lines of the log:")
+        lines.append(
+            f"sftctl: training failed with exit code {outcome.returncode}; last lines of the log:"
+        )
         try:
             tail = record.log.read_text(errors="replace").splitlines()[-25:]
         except OSError:
@@ -216,41 +284,67 @@ def _summary(record: RunRecord, outcome: supervise.Outcome, stats: Any, wall: fl
     if record.data.get("last_checkpoint"):
         lines.append(f"  checkpoint: {record.data['last_checkpoint']}")
     if stats.first_loss is not None:
-        lines.append(f"  loss: {stats.first_loss:.4f} (first) -> {stats.loss:.4f} (last), {stats.step} steps")
+        lines.append(
+            f"  loss: {stats.first_loss:.4f} (first) -> {stats.loss:.4f} (last), {stats.step} steps"
+        )
     if stats.steps_per_second:
         lines.append(f"  speed: {stats.steps_per_second:.3g} steps/s")
     lines.append(f"  wall time: {wall:.1f} s")
-    lines.append(f"  run folder: {record.run_dir or record.staging} (manifest {record.manifest_path.name})")
+    lines.append(
+        f"  run folder: {record.run_dir or record.staging} (manifest {record.manifest_path.name})"
+    )
     _say("\n".join(lines))
 
 
-def _detach(target: str, overrides: Overrides, opts: RunOptions, output_dir: Path,
-            loaded: Loaded | None) -> int:
+def _detach(
+    target: str, overrides: Overrides, opts: RunOptions, output_dir: Path, loaded: Loaded | None
+) -> int:
     """Start `sftctl run` again in its own session, so the run survives this terminal."""
     from sftctl.record import STAGING, new_run_id
 
     run_id = new_run_id()
     staging = output_dir / STAGING / run_id
     staging.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "sftctl", "run", target, "--quiet", "--run-id", run_id,
-            "--grace", str(opts.grace)]
+    argv = [
+        sys.executable,
+        "-m",
+        "sftctl",
+        "run",
+        target,
+        "--quiet",
+        "--run-id",
+        run_id,
+        "--grace",
+        str(opts.grace),
+    ]
     if loaded is not None:
         raise ConfigError("--detach is not available for resume; run it in a terminal multiplexer")
     for item in overrides.sets:
         argv += ["--set", item]
-    for flag, value in (("--gpus", overrides.gpus), ("--model", overrides.model),
-                        ("--swift-version", overrides.swift_version)):
+    for flag, value in (
+        ("--gpus", overrides.gpus),
+        ("--model", overrides.model),
+        ("--swift-version", overrides.swift_version),
+    ):
         if value is not None:
             argv += [flag, value]
     if opts.resume:
         argv.append("--resume")
     with open(staging / "supervisor.log", "ab") as err:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                                start_new_session=True, cwd=Path.cwd())
-    _say(f"sftctl: started in the background (supervisor pid {proc.pid})\n"
-         f"  manifest and log: {staging} (they move into the run folder once ms-swift creates it)\n"
-         f"  follow: sftctl runs {output_dir}\n"
-         f"  stop:   sftctl stop {staging}")
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=err,
+            stderr=err,
+            start_new_session=True,
+            cwd=Path.cwd(),
+        )
+    _say(
+        f"sftctl: started in the background (supervisor pid {proc.pid})\n"
+        f"  manifest and log: {staging} (they move into the run folder once ms-swift creates it)\n"
+        f"  follow: sftctl runs {output_dir}\n"
+        f"  stop:   sftctl stop {staging}"
+    )
     return 0
 
 
@@ -277,10 +371,13 @@ def stop(path: Path, grace: float = 30.0) -> int:
     # The supervisor is gone (killed hard): end what is left of the tree ourselves.
     leader = data.get("pid")
     if leader:
-        killed = supervise.stop_tree([supervise.ProcRef(int(leader), data.get("leader_start") or 0)],
-                                     signal.SIGTERM, grace)
-        _say(f"sftctl: the supervisor was gone; stopped the training processes"
-             + (" (SIGKILL after the grace period)" if killed else ""))
+        killed = supervise.stop_tree(
+            [supervise.ProcRef(int(leader), data.get("leader_start") or 0)], signal.SIGTERM, grace
+        )
+        _say(
+            "sftctl: the supervisor was gone; stopped the training processes"
+            + (" (SIGKILL after the grace period)" if killed else "")
+        )
     return 0
 
 
@@ -290,14 +387,29 @@ def resume(run_dir: Path, opts: RunOptions) -> int:
     folder = Path(data.get("run_dir") or run_dir)
     done = complete_checkpoints(folder)
     if not done:
-        raise RefusedError(problems=[Problem(str(folder), "no complete checkpoint to resume from",
-                                             "start the run again with sftctl run"),
-                                     Problem("", "refused before launch: nothing was started")])
+        raise RefusedError(
+            problems=[
+                Problem(
+                    str(folder),
+                    "no complete checkpoint to resume from",
+                    "start the run again with sftctl run",
+                ),
+                Problem("", "refused before launch: nothing was started"),
+            ]
+        )
     # The YAML keeps numbers as they were written (1e-4), unlike the JSON copy.
     config = load_text(data["config_yaml"], str(run_dir))
     config["args"] = {**config.get("args", {}), "resume_from_checkpoint": str(done[-1])}
-    loaded = Loaded(target=str(run_dir), preset=data.get("preset"), data=config,
-                    origin={f"args.{k}": "manifest" for k in config["args"]})
-    return run(data.get("target", str(run_dir)), Overrides(swift_version=str(data.get("swift_version"))),
-               RunOptions(grace=opts.grace, quiet=opts.quiet, resume=True),
-               cwd=Path(data.get("cwd") or Path.cwd()), loaded=loaded)
+    loaded = Loaded(
+        target=str(run_dir),
+        preset=data.get("preset"),
+        data=config,
+        origin={f"args.{k}": "manifest" for k in config["args"]},
+    )
+    return run(
+        data.get("target", str(run_dir)),
+        Overrides(swift_version=str(data.get("swift_version"))),
+        RunOptions(grace=opts.grace, quiet=opts.quiet, resume=True),
+        cwd=Path(data.get("cwd") or Path.cwd()),
+        loaded=loaded,
+    )

@@ -32,8 +32,11 @@ def checkpoint_dirs(folder: Path) -> list[Path]:
     """checkpoint-N folders of one run folder, by step."""
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith("checkpoint-")
-             and p.name.split("-", 1)[1].isdigit()]
+    found = [
+        p
+        for p in folder.iterdir()
+        if p.is_dir() and p.name.startswith("checkpoint-") and p.name.split("-", 1)[1].isdigit()
+    ]
     return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
 
 
@@ -65,8 +68,15 @@ def _lora_parameters(model_dir: Path, rank: int) -> int | None:
         hd = int(cfg.get("head_dim") or h // heads)
     except (OSError, KeyError, ValueError, TypeError):
         return None
-    dims = [(h, heads * hd), (h, kv * hd), (h, kv * hd), (heads * hd, h),
-            (h, inter), (h, inter), (inter, h)]
+    dims = [
+        (h, heads * hd),
+        (h, kv * hd),
+        (h, kv * hd),
+        (heads * hd, h),
+        (h, inter),
+        (h, inter),
+        (inter, h),
+    ]
     return layers * rank * sum(a + b for a, b in dims)
 
 
@@ -116,22 +126,29 @@ def check_disk(plan: DiskPlan) -> tuple[list[Problem], list[str]]:
     """A refusal when the checkpoints cannot fit; warnings saying what is unknown."""
     warnings: list[str] = []
     if plan.per_checkpoint is None:
-        warnings.append("checkpoint size unknown (the model is not a local folder with safetensors): "
-                        "free disk was not checked")
+        warnings.append(
+            "checkpoint size unknown (the model is not a local folder with safetensors): "
+            "free disk was not checked"
+        )
         return [], warnings
     if plan.count is None:
-        warnings.append(f"save_total_limit is unset, so every checkpoint is kept "
-                        f"(about {human(plan.per_checkpoint)} each; {human(plan.free)} free "
-                        f"on {plan.where})")
+        warnings.append(
+            f"save_total_limit is unset, so every checkpoint is kept "
+            f"(about {human(plan.per_checkpoint)} each; {human(plan.free)} free "
+            f"on {plan.where})"
+        )
         return [], warnings
     needed = plan.needed or 0
     if needed > plan.free:
-        return [Problem(
-            "args.output_dir",
-            f"not enough disk: {plan.count} checkpoints (save_total_limit + 1 being written) of about "
-            f"{human(plan.per_checkpoint)} each need {human(needed)}, but {plan.where} has "
-            f"{human(plan.free)} free",
-            "free space, lower save_total_limit, or set output_dir on a larger disk")], warnings
+        return [
+            Problem(
+                "args.output_dir",
+                f"not enough disk: {plan.count} checkpoints (save_total_limit + 1 being written) of about "
+                f"{human(plan.per_checkpoint)} each need {human(needed)}, but {plan.where} has "
+                f"{human(plan.free)} free",
+                "free space, lower save_total_limit, or set output_dir on a larger disk",
+            )
+        ], warnings
     return [], warnings
 
 
@@ -143,18 +160,26 @@ def check_output_dir(resolved: Resolved, output_dir: Path, resume: bool) -> list
     existing = checkpoint_dirs(output_dir)
     if not existing:
         return []
-    return [Problem(
-        "args.output_dir",
-        f"{output_dir} already holds checkpoints of another run ({', '.join(p.name for p in existing[-3:])}) "
-        "and add_version is false, so this run would write over them",
-        "choose a new output_dir, drop add_version: false, or continue that run with --resume")]
+    return [
+        Problem(
+            "args.output_dir",
+            f"{output_dir} already holds checkpoints of another run "
+            f"({', '.join(p.name for p in existing[-3:])}) "
+            "and add_version is false, so this run would write over them",
+            "choose a new output_dir, drop add_version: false, or continue that run with --resume",
+        )
+    ]
 
 
 def check_port(port: int | None, in_use: bool) -> list[Problem]:
     """A fixed master port that is taken makes torchrun fail (or hang) after start-up."""
     if port is None or not in_use:
         return []
-    return [Problem("launch.master_port", f"port {port} is already in use on this machine "
-                    "(another training job?)",
-                    "pick a free port, e.g. --set launch.master_port=29501, or remove master_port "
-                    "and sftctl picks a free one")]
+    return [
+        Problem(
+            "launch.master_port",
+            f"port {port} is already in use on this machine (another training job?)",
+            "pick a free port, e.g. --set launch.master_port=29501, or remove master_port "
+            "and sftctl picks a free one",
+        )
+    ]

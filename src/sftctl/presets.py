@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sftctl.errors import ConfigError, Problem
-from sftctl.yamlio import load_file, load_text
+from sftctl.yamlio import load_text
 
 SUFFIXES = (".yaml", ".yml")
 
@@ -70,7 +70,10 @@ def _builtin_texts() -> dict[str, tuple[str, str]]:
     out: dict[str, tuple[str, str]] = {}
     for entry in root.iterdir():
         if entry.name.endswith(SUFFIXES) and entry.is_file():
-            out[entry.name.rsplit(".", 1)[0]] = (f"sftctl/configs/{entry.name}", entry.read_text("utf-8"))
+            out[entry.name.rsplit(".", 1)[0]] = (
+                f"sftctl/configs/{entry.name}",
+                entry.read_text("utf-8"),
+            )
     return out
 
 
@@ -86,7 +89,9 @@ def _description(text: str) -> str:
         data = load_text(text, "preset")
     except ConfigError:
         return "(invalid)"
-    return str(data.get("description", "")).strip().splitlines()[0] if data.get("description") else ""
+    return (
+        str(data.get("description", "")).strip().splitlines()[0] if data.get("description") else ""
+    )
 
 
 def list_presets() -> list[PresetInfo]:
@@ -124,19 +129,36 @@ def _read_preset(name: str, where: str = "preset") -> Layer:
 
 def _read_file(path: Path, where: str | None = None) -> Layer:
     if not path.is_file():
-        raise ConfigError(problems=[Problem(
-            where or str(path), f"no such config file: {path}",
-            "give a path to a YAML file, or a preset name from 'sftctl presets'")])
+        raise ConfigError(
+            problems=[
+                Problem(
+                    where or str(path),
+                    f"no such config file: {path}",
+                    "give a path to a YAML file, or a preset name from 'sftctl presets'",
+                )
+            ]
+        )
     try:
         return Layer(str(path), str(path), path.read_text("utf-8"))
     except UnicodeDecodeError as exc:
-        raise ConfigError(problems=[Problem(
-            str(path), f"not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r})",
-            "save the file as UTF-8")]) from None
+        raise ConfigError(
+            problems=[
+                Problem(
+                    str(path),
+                    f"not UTF-8 text (byte {exc.start}: {exc.object[exc.start : exc.start + 1]!r})",
+                    "save the file as UTF-8",
+                )
+            ]
+        ) from None
 
 
-def _merge(base: dict[str, Any], child: dict[str, Any], origin: dict[str, str], label: str,
-           prefix: str = "") -> dict[str, Any]:
+def _merge(
+    base: dict[str, Any],
+    child: dict[str, Any],
+    origin: dict[str, str],
+    label: str,
+    prefix: str = "",
+) -> dict[str, Any]:
     """Deep merge: mappings merge, the child wins, lists replace, ``null`` removes."""
     out = dict(base)
     for key, value in child.items():
@@ -181,19 +203,26 @@ def load(target: str) -> Loaded:
         elif not isinstance(parent, str) or not parent.strip():
             raise ConfigError(
                 problems=[
-                    Problem(f"{layer.label}: extends", f"must be a preset name or a path, got {parent!r}",
-                            "write e.g. 'extends: zero2-qwen3-8b'")
+                    Problem(
+                        f"{layer.label}: extends",
+                        f"must be a preset name or a path, got {parent!r}",
+                        "write e.g. 'extends: zero2-qwen3-8b'",
+                    )
                 ]
             )
         elif looks_like_path(parent):
-            base_dir = Path(layer.path).parent if not layer.path.startswith("sftctl/") else Path(".")
+            base_dir = (
+                Path(layer.path).parent if not layer.path.startswith("sftctl/") else Path(".")
+            )
             layer = _read_file((base_dir / parent).expanduser(), f"{layer.label}: extends")
         else:
             layer = _read_preset(parent, f"{layer.label}: extends")
     merged: dict[str, Any] = {}
     origin: dict[str, str] = {}
     for lay, data in reversed(chain):
-        merged = _merge(merged, {k: v for k, v in data.items() if k != "extends"}, origin, lay.label)
+        merged = _merge(
+            merged, {k: v for k, v in data.items() if k != "extends"}, origin, lay.label
+        )
     merged = _drop_nulls(merged)
     return Loaded(
         target=target,

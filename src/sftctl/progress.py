@@ -58,7 +58,11 @@ class Stats:
         self.eta = row.get("remaining_time")
         for key, value in row.items():
             if key.startswith("train_speed"):
-                self.speed = f"{value:.3g} {key[len('train_speed('):-1]}" if isinstance(value, float) else str(value)
+                self.speed = (
+                    f"{value:.3g} {key[len('train_speed(') : -1]}"
+                    if isinstance(value, float)
+                    else str(value)
+                )
             if key.startswith("memory"):
                 self.memory = f"{value} GiB"
         return True
@@ -86,8 +90,9 @@ class Stats:
 class Follower:
     """Follows ``logging.jsonl`` of the run folder, once ``find_dir`` returns it."""
 
-    def __init__(self, find_dir: Callable[[], Path | None], mode: str,
-                 out: TextIO | None = None) -> None:
+    def __init__(
+        self, find_dir: Callable[[], Path | None], mode: str, out: TextIO | None = None
+    ) -> None:
         self.find_dir = find_dir
         self.mode = mode  # "live", "plain" or "quiet"
         self.out = out or sys.stdout
@@ -159,6 +164,8 @@ class Follower:
 
         grid = Table.grid(padding=(0, 2))
         total = self.stats.total or 1
-        grid.add_row(ProgressBar(total=total, completed=self.stats.step or 0, width=40),
-                     self.stats.line() if self.stats.step is not None else "waiting for the first step")
+        grid.add_row(
+            ProgressBar(total=total, completed=self.stats.step or 0, width=40),
+            self.stats.line() if self.stats.step is not None else "waiting for the first step",
+        )
         return grid

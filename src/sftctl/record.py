@@ -52,14 +52,19 @@ def versions() -> dict[str, str | None]:
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write JSON via a temporary file and rename: a reader never sees half a manifest."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    tmp.write_text(
+        json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8"
+    )
     os.replace(tmp, path)
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
     """Checkpoints that were written to the end (trainer state and weights present)."""
-    return [c for c in checkpoint_dirs(run_dir)
-            if (c / "trainer_state.json").is_file() and any(c.glob("*.safetensors"))]
+    return [
+        c
+        for c in checkpoint_dirs(run_dir)
+        if (c / "trainer_state.json").is_file() and any(c.glob("*.safetensors"))
+    ]
 
 
 def new_run_id() -> str:
@@ -77,8 +82,9 @@ class RunRecord:
     run_dir: Path | None = None
 
     @classmethod
-    def create(cls, output_dir: Path, data: dict[str, Any], in_place: bool,
-               run_id: str | None = None) -> RunRecord:
+    def create(
+        cls, output_dir: Path, data: dict[str, Any], in_place: bool, run_id: str | None = None
+    ) -> RunRecord:
         rec = cls(output_dir, run_id or new_run_id(), data, in_place)
         rec.staging.mkdir(parents=True, exist_ok=True)
         rec._before = {p.name for p in output_dir.iterdir()} if output_dir.is_dir() else set()
@@ -110,13 +116,18 @@ class RunRecord:
         if self.run_dir is not None:
             return self.run_dir
         if self.in_place:
-            if (self.output_dir / "logging.jsonl").exists() or (self.output_dir / "args.json").exists():
+            if (self.output_dir / "logging.jsonl").exists() or (
+                self.output_dir / "args.json"
+            ).exists():
                 self.adopt(self.output_dir)
             return self.run_dir
         if not self.output_dir.is_dir():
             return None
-        fresh = sorted(p for p in self.output_dir.iterdir()
-                       if p.is_dir() and RUN_FOLDER.match(p.name) and p.name not in self._before)
+        fresh = sorted(
+            p
+            for p in self.output_dir.iterdir()
+            if p.is_dir() and RUN_FOLDER.match(p.name) and p.name not in self._before
+        )
         if fresh:
             self.adopt(fresh[0])
         return self.run_dir
@@ -145,8 +156,13 @@ class RunRecord:
 
 def base_manifest(**fields: Any) -> dict[str, Any]:
     """The fields every manifest starts with."""
-    return {"host": socket.gethostname(), "versions": versions(), "started_at": now_iso(),
-            "status": "starting", **fields}
+    return {
+        "host": socket.gethostname(),
+        "versions": versions(),
+        "started_at": now_iso(),
+        "status": "starting",
+        **fields,
+    }
 
 
 def read_manifest(path: Path) -> tuple[Path, dict[str, Any]]:
@@ -160,8 +176,15 @@ def read_manifest(path: Path) -> tuple[Path, dict[str, Any]]:
             return cand, data
     from sftctl.errors import ConfigError, Problem
 
-    raise ConfigError(problems=[Problem(str(path), "no sftctl manifest here",
-                                        "give a run folder (v<N>-...) or its output_dir/.sftctl/<id>")])
+    raise ConfigError(
+        problems=[
+            Problem(
+                str(path),
+                "no sftctl manifest here",
+                "give a run folder (v<N>-...) or its output_dir/.sftctl/<id>",
+            )
+        ]
+    )
 
 
 def list_runs(output_dir: Path) -> list[dict[str, Any]]:

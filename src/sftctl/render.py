@@ -67,8 +67,9 @@ def _expand_env(value: str, path_of: Mapping[str, str]) -> str:
     return value
 
 
-def command(resolved: Resolved, path_of: Mapping[str, str] | None = None,
-            master_port: int | None = None) -> Command:
+def command(
+    resolved: Resolved, path_of: Mapping[str, str] | None = None, master_port: int | None = None
+) -> Command:
     """Render the launch command. ``path_of`` maps builtin refs to local paths;
     ``master_port`` is the port chosen at launch when the config fixes none."""
     launch = resolved.config.launch
@@ -130,8 +131,10 @@ def to_sh(resolved: Resolved, cmd: Command) -> str:
         lines.append(f"export {name}={shlex.quote(value)}")
     if _reports_to(resolved, "swanlab"):
         # The token is read from the environment at run time, never written here.
-        lines.append('if [ -z "${SWANLAB_API_KEY:-}" ] && [ -n "${SWANLAB_TOKEN:-}" ]; then '
-                     'export SWANLAB_API_KEY="$SWANLAB_TOKEN"; fi')
+        lines.append(
+            'if [ -z "${SWANLAB_API_KEY:-}" ] && [ -n "${SWANLAB_TOKEN:-}" ]; then '
+            'export SWANLAB_API_KEY="$SWANLAB_TOKEN"; fi'
+        )
     body = _wrap(cmd.argv)
     lines.append("exec " + body)
     return "\n".join(lines) + "\n"
@@ -142,8 +145,11 @@ def _wrap(argv: list[str]) -> str:
     parts: list[str] = []
     current: list[str] = []
     for tok in argv:
-        if tok.startswith("--") and current and current[0].startswith("--") or (
-            tok.startswith("--") and current and current[-1] == "sft"
+        if (
+            tok.startswith("--")
+            and current
+            and current[0].startswith("--")
+            or (tok.startswith("--") and current and current[-1] == "sft")
         ):
             parts.append(" ".join(shlex.quote(t) for t in current))
             current = []

@@ -31,8 +31,22 @@ TOKEN_ENV = ("SWANLAB_API_KEY", "WANDB_API_KEY", "HF_TOKEN", "MODELSCOPE_API_TOK
 _SECRET_ENV = re.compile(r"(TOKEN|API_KEY|SECRET|PASSWORD)", re.I)
 FLASH_ATTN = ("flash_attn", "flash_attention_2", "flash_attention_3", "flash_attn_3")
 # Values ms-swift checks in code rather than with argparse choices.
-TUNER_TYPES = ("full", "lora", "longlora", "adalora", "llamapro", "adapter", "vera", "boft",
-               "fourierft", "reft", "bone", "ia3", "lora_llm", "dummy")
+TUNER_TYPES = (
+    "full",
+    "lora",
+    "longlora",
+    "adalora",
+    "llamapro",
+    "adapter",
+    "vera",
+    "boft",
+    "fourierft",
+    "reft",
+    "bone",
+    "ia3",
+    "lora_llm",
+    "dummy",
+)
 DEEPSPEED_BUILTINS = ("zero0", "zero1", "zero2", "zero2_offload", "zero3", "zero3_offload")
 
 
@@ -98,8 +112,15 @@ def installed_swift_version() -> str | None:
 def _config_major(value: object) -> int:
     text = str(value).strip().lstrip("v")
     if not text.split(".", 1)[0].isdigit():
-        raise ConfigError(problems=[Problem("swift_version", f"'{value}' is not an ms-swift version",
-                                            "write swift_version: 3 or 4")])
+        raise ConfigError(
+            problems=[
+                Problem(
+                    "swift_version",
+                    f"'{value}' is not an ms-swift version",
+                    "write swift_version: 3 or 4",
+                )
+            ]
+        )
     return parse_major(value, "swift_version")
 
 
@@ -110,7 +131,9 @@ def target_major(cli: str | None, config_value: object, env: Mapping[str, str]) 
     if cli:
         return parse_major(cli, "--swift-version"), "--swift-version"
     if env.get("SFTCTL_SWIFT_VERSION"):
-        return parse_major(env["SFTCTL_SWIFT_VERSION"], "SFTCTL_SWIFT_VERSION"), "SFTCTL_SWIFT_VERSION"
+        return parse_major(
+            env["SFTCTL_SWIFT_VERSION"], "SFTCTL_SWIFT_VERSION"
+        ), "SFTCTL_SWIFT_VERSION"
     if config_value not in (None, ""):
         return _config_major(config_value), "config swift_version"
     installed = installed_swift_version()
@@ -124,10 +147,14 @@ def _did_you_mean(name: str, known: Sequence[str]) -> str | None:
     return f"did you mean {' or '.join(repr(n) for n in near)}?" if near else None
 
 
-def _apply_overrides(loaded: Loaded, ov: Overrides, cat: catalog.Catalog, problems: ProblemList) -> None:
+def _apply_overrides(
+    loaded: Loaded, ov: Overrides, cat: catalog.Catalog, problems: ProblemList
+) -> None:
     for item in ov.sets:
         if "=" not in item:
-            problems.add("--set", f"'{item}' is not KEY=VALUE", "write e.g. --set learning_rate=1e-4")
+            problems.add(
+                "--set", f"'{item}' is not KEY=VALUE", "write e.g. --set learning_rate=1e-4"
+            )
             continue
         key, text = item.split("=", 1)
         key = key.strip()
@@ -137,8 +164,11 @@ def _apply_overrides(loaded: Loaded, ov: Overrides, cat: catalog.Catalog, proble
         if "." in key:
             head = key.split(".", 1)[0]
             if head not in ("launch", "env", "args"):
-                problems.add(f"--set {key}", f"unknown config section '{head}'",
-                             "use an ms-swift argument name, or launch.*, env.*, args.*")
+                problems.add(
+                    f"--set {key}",
+                    f"unknown config section '{head}'",
+                    "use an ms-swift argument name, or launch.*, env.*, args.*",
+                )
                 continue
             if head == "args":
                 name = key.split(".", 1)[1]
@@ -191,7 +221,9 @@ def _schema_problems(exc: ValidationError, loaded: Loaded) -> list[Problem]:
         src = loaded.origin.get(loc)
         where = f"{loc} [from {src}]" if src not in (None, loaded.target) else loc
         if err["type"] == "extra_forbidden":
-            known = LAUNCH_KEYS if len(err["loc"]) > 1 and err["loc"][0] == "launch" else TOP_LEVEL_KEYS
+            known = (
+                LAUNCH_KEYS if len(err["loc"]) > 1 and err["loc"][0] == "launch" else TOP_LEVEL_KEYS
+            )
             hint = _did_you_mean(str(err["loc"][-1]), known) or f"known keys: {', '.join(known)}"
             out.append(Problem(where, "unknown key", hint))
         else:
@@ -200,51 +232,87 @@ def _schema_problems(exc: ValidationError, loaded: Loaded) -> list[Problem]:
     return out
 
 
-def _check_args(raw: dict[str, Any], cat: catalog.Catalog, loaded: Loaded,
-                problems: ProblemList, written: dict[str, str]) -> dict[str, Any]:
+def _check_args(
+    raw: dict[str, Any],
+    cat: catalog.Catalog,
+    loaded: Loaded,
+    problems: ProblemList,
+    written: dict[str, str],
+) -> dict[str, Any]:
     """Arguments in the target's spelling, coerced; ``written`` maps each to the user's key."""
     out: dict[str, Any] = {}
     seen_from: dict[str, str] = {}
     for key, value in raw.items():
         loc = f"args.{key}"
-        where = f"{loc} [from {loaded.origin[loc]}]" if loaded.origin.get(loc) not in (None, loaded.target) else loc
+        where = (
+            f"{loc} [from {loaded.origin[loc]}]"
+            if loaded.origin.get(loc) not in (None, loaded.target)
+            else loc
+        )
         name = str(key).replace("-", "_")
         target = dialect.spelling(name, cat.major) or name
         arg = cat.get(target)
         if arg is None:
             if name in dialect.LEGACY:
-                problems.add(where, f"'{name}' is an ms-swift 2.x name",
-                             f"write {dialect.spelling(dialect.LEGACY[name], cat.major) or dialect.LEGACY[name]}")
+                problems.add(
+                    where,
+                    f"'{name}' is an ms-swift 2.x name",
+                    f"write {dialect.spelling(dialect.LEGACY[name], cat.major) or dialect.LEGACY[name]}",
+                )
             elif dialect.removed_hint(name, cat.major):
-                problems.add(where, f"'{name}' was removed in ms-swift {cat.major}.x",
-                             dialect.removed_hint(name, cat.major))
+                problems.add(
+                    where,
+                    f"'{name}' was removed in ms-swift {cat.major}.x",
+                    dialect.removed_hint(name, cat.major),
+                )
             elif name.startswith("no_") and cat.get(name[3:]) is not None:
-                problems.add(where, f"'{name}' is a command-line negation, not an argument",
-                             f"write {name[3:]}: false")
+                problems.add(
+                    where,
+                    f"'{name}' is a command-line negation, not an argument",
+                    f"write {name[3:]}: false",
+                )
             elif cat.expansions(name):
                 full = cat.expansions(name)
-                problems.add(where, f"'{name}' is not an ms-swift {cat.major}.x argument; ms-swift would "
-                             f"silently expand it to '{full[0]}'" if len(full) == 1 else
-                             f"'{name}' is not an argument; ms-swift would read it as an abbreviation "
-                             f"of one of {', '.join(full)}",
-                             f"write the full name: {full[0]}" if len(full) == 1 else "write the full name")
+                problems.add(
+                    where,
+                    f"'{name}' is not an ms-swift {cat.major}.x argument; ms-swift would "
+                    f"silently expand it to '{full[0]}'"
+                    if len(full) == 1
+                    else f"'{name}' is not an argument; ms-swift would read it as an abbreviation "
+                    f"of one of {', '.join(full)}",
+                    f"write the full name: {full[0]}" if len(full) == 1 else "write the full name",
+                )
             else:
                 near = cat.near(name)
-                hint = (f"did you mean {' or '.join(repr(n) for n in near)}?" if near
-                        else f"check the name against ms-swift {cat.major}.x's command-line parameters")
+                hint = (
+                    f"did you mean {' or '.join(repr(n) for n in near)}?"
+                    if near
+                    else f"check the name against ms-swift {cat.major}.x's command-line parameters"
+                )
                 problems.add(where, f"unknown ms-swift {cat.major}.x argument '{name}'", hint)
             continue
         if target in seen_from:
-            problems.add(where, f"'{name}' and '{seen_from[target]}' are the same argument "
-                         f"('{target}' in ms-swift {cat.major}.x)", "keep one of them")
+            problems.add(
+                where,
+                f"'{name}' and '{seen_from[target]}' are the same argument "
+                f"('{target}' in ms-swift {cat.major}.x)",
+                "keep one of them",
+            )
             continue
         seen_from[target] = name
         written[target] = str(key)
         if target.endswith("_token") or target.endswith("api_key"):
-            env_name = "SWANLAB_API_KEY" if "swanlab" in target else "the tracker's or hub's token variable"
-            problems.add(where, f"'{target}' is a secret: in a config, script or command line anyone "
-                         "on the host can read it (ps shows every argv)",
-                         f"remove it and export {env_name} in the environment instead")
+            env_name = (
+                "SWANLAB_API_KEY"
+                if "swanlab" in target
+                else "the tracker's or hub's token variable"
+            )
+            problems.add(
+                where,
+                f"'{target}' is a secret: in a config, script or command line anyone "
+                "on the host can read it (ps shows every argv)",
+                f"remove it and export {env_name} in the environment instead",
+            )
             continue
         if isinstance(value, str) and PLACEHOLDER.match(value):
             out[target] = value  # reported as missing once overrides are known
@@ -260,24 +328,36 @@ def _fill_templates(args: dict[str, Any], preset: str | None, problems: ProblemL
     for name, value in list(args.items()):
         if isinstance(value, str) and PLACEHOLDER.match(value):
             what = f"preset '{preset}'" if preset else "this config"
-            problems.add(f"args.{name}", f"{what} leaves {name} to you ({value})",
-                         f"pass --{name.replace('_', '-')} ID" if name == "model"
-                         else f"pass --set {name}=VALUE")
+            problems.add(
+                f"args.{name}",
+                f"{what} leaves {name} to you ({value})",
+                f"pass --{name.replace('_', '-')} ID"
+                if name == "model"
+                else f"pass --set {name}=VALUE",
+            )
     if "model" not in args:
         what = f"preset '{preset}'" if preset else "this config"
         problems.add("args.model", f"{what} names no model", "pass --model ID or --set model=ID")
         return
     model = str(args["model"])
     if not model.strip():
-        problems.add("args.model", "the model is empty", "pass --model ID (a hub id or a local folder)")
+        problems.add(
+            "args.model", "the model is empty", "pass --model ID (a hub id or a local folder)"
+        )
         return
     _builtin_defaults(args, problems)
-    base = model.split(":", 1)[1] if model.startswith("builtin:") else model.rstrip("/").rsplit("/", 1)[-1]
+    base = (
+        model.split(":", 1)[1]
+        if model.startswith("builtin:")
+        else model.rstrip("/").rsplit("/", 1)[-1]
+    )
     for name, value in args.items():
         if isinstance(value, str) and MODEL_NAME_TEMPLATE in value:
             args[name] = value.replace(MODEL_NAME_TEMPLATE, base)
         elif isinstance(value, list):
-            args[name] = [v.replace(MODEL_NAME_TEMPLATE, base) if isinstance(v, str) else v for v in value]
+            args[name] = [
+                v.replace(MODEL_NAME_TEMPLATE, base) if isinstance(v, str) else v for v in value
+            ]
 
 
 def _builtin_defaults(args: dict[str, Any], problems: ProblemList) -> None:
@@ -291,7 +371,9 @@ def _builtin_defaults(args: dict[str, Any], problems: ProblemList) -> None:
             if isinstance(value, str) and value.startswith("builtin:"):
                 if value not in BUILTINS:
                     known = ", ".join(sorted(BUILTINS))
-                    problems.add(f"args.{key}", f"unknown built-in asset '{value}'", f"use one of {known}")
+                    problems.add(
+                        f"args.{key}", f"unknown built-in asset '{value}'", f"use one of {known}"
+                    )
                 elif key == "model":
                     for name, default in BUILTINS[value].get("swift_args", {}).items():
                         args.setdefault(name, default)
@@ -300,42 +382,68 @@ def _builtin_defaults(args: dict[str, Any], problems: ProblemList) -> None:
 def _check_env(env: dict[str, str], problems: ProblemList) -> None:
     for name in env:
         if _SECRET_ENV.search(name):
-            problems.add(f"env.{name}", "looks like a secret; a config is copied, committed and logged",
-                         f"remove it and export {name} in the shell that runs sftctl")
+            problems.add(
+                f"env.{name}",
+                "looks like a secret; a config is copied, committed and logged",
+                f"remove it and export {name} in the shell that runs sftctl",
+            )
 
 
-def _check_combinations(args: dict[str, Any], problems: ProblemList, written: dict[str, str]) -> None:
+def _check_combinations(
+    args: dict[str, Any], problems: ProblemList, written: dict[str, str]
+) -> None:
     tuner = args.get("tuner_type", args.get("train_type"))
     if isinstance(tuner, str) and tuner not in TUNER_TYPES:
         key = written.get("tuner_type") or written.get("train_type") or "tuner_type"
         near = difflib.get_close_matches(tuner, TUNER_TYPES, n=1)
-        problems.add(f"args.{key}", f"unknown {key} '{tuner}'",
-                     f"did you mean '{near[0]}'?" if near else f"use one of {', '.join(TUNER_TYPES)}")
+        problems.add(
+            f"args.{key}",
+            f"unknown {key} '{tuner}'",
+            f"did you mean '{near[0]}'?" if near else f"use one of {', '.join(TUNER_TYPES)}",
+        )
     ds = args.get("deepspeed")
-    if isinstance(ds, str) and ds not in DEEPSPEED_BUILTINS and not ds.endswith(".json") \
-            and not ds.lstrip().startswith("{"):
+    if (
+        isinstance(ds, str)
+        and ds not in DEEPSPEED_BUILTINS
+        and not ds.endswith(".json")
+        and not ds.lstrip().startswith("{")
+    ):
         near = difflib.get_close_matches(ds, DEEPSPEED_BUILTINS, n=1)
-        problems.add("args.deepspeed", f"'{ds}' is not a DeepSpeed config ms-swift knows "
-                     "(ms-swift fails with a JSONDecodeError)",
-                     (f"did you mean '{near[0]}'? " if near else "")
-                     + f"use one of {', '.join(DEEPSPEED_BUILTINS)}, a .json path or inline JSON")
+        problems.add(
+            "args.deepspeed",
+            f"'{ds}' is not a DeepSpeed config ms-swift knows "
+            "(ms-swift fails with a JSONDecodeError)",
+            (f"did you mean '{near[0]}'? " if near else "")
+            + f"use one of {', '.join(DEEPSPEED_BUILTINS)}, a .json path or inline JSON",
+        )
     attn = args.get("attn_impl")
     for flag in ("packing", "padding_free"):
         if args.get(flag) is True and attn not in FLASH_ATTN:
-            problems.add(f"args.{flag}", f"{flag} needs a flash-attention attn_impl, got {attn!r}",
-                         f"set attn_impl: flash_attn, or {flag}: false")
+            problems.add(
+                f"args.{flag}",
+                f"{flag} needs a flash-attention attn_impl, got {attn!r}",
+                f"set attn_impl: flash_attn, or {flag}: false",
+            )
 
 
-def resolve(target: str, overrides: Overrides | None = None, *,
-            env: Mapping[str, str] | None = None,
-            visible: list[int] | None = None) -> Resolved:
+def resolve(
+    target: str,
+    overrides: Overrides | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    visible: list[int] | None = None,
+) -> Resolved:
     """Load ``target`` and return the validated run, or raise ConfigError with every problem."""
     return resolve_loaded(load(target), overrides, env=env, visible=visible)
 
 
-def resolve_loaded(loaded: Loaded, overrides: Overrides | None = None, *,
-                   env: Mapping[str, str] | None = None,
-                   visible: list[int] | None = None) -> Resolved:
+def resolve_loaded(
+    loaded: Loaded,
+    overrides: Overrides | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    visible: list[int] | None = None,
+) -> Resolved:
     """Validate an already loaded (merged) config; see :func:`resolve`."""
     ov = overrides or Overrides()
     env = os.environ if env is None else env
@@ -351,8 +459,11 @@ def resolve_loaded(loaded: Loaded, overrides: Overrides | None = None, *,
         problems.raise_if_any()
         raise  # unreachable: a ValidationError always has errors
     if not isinstance(raw_args, dict):
-        problems.add("args", f"must be a mapping of ms-swift arguments, got {type(raw_args).__name__}",
-                     "write 'args:' followed by 'name: value' lines")
+        problems.add(
+            "args",
+            f"must be a mapping of ms-swift arguments, got {type(raw_args).__name__}",
+            "write 'args:' followed by 'name: value' lines",
+        )
         raw_args = {}
     written: dict[str, str] = {}
     args = _check_args(raw_args, cat, loaded, problems, written)

@@ -9,7 +9,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-
 _GPU_ID = re.compile(r"^-?\d+$")
 _GPU_RANGE = re.compile(r"^(\d+)-(\d+)$")
 
@@ -71,7 +70,7 @@ class RunConfig(BaseModel):
     swift_version: int | str | None = Field(
         None, description="the ms-swift major version this config targets (3 or 4)"
     )
-    launch: Launch = Field(default_factory=Launch)  # type: ignore[arg-type]
+    launch: Launch = Field(default_factory=Launch)
     env: dict[str, str] = Field(
         default_factory=dict, description="extra environment variables for the run"
     )

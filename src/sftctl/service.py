@@ -52,12 +52,20 @@ def check_drift(path: Path, text: str) -> None:
     try:
         current = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(problems=[Problem(str(path), f"cannot read: {exc.strerror}",
-                                            "render it once with -o FILE")]) from None
+        raise ConfigError(
+            problems=[
+                Problem(str(path), f"cannot read: {exc.strerror}", "render it once with -o FILE")
+            ]
+        ) from None
     if current != text:
-        diff = "".join(difflib.unified_diff(current.splitlines(True), text.splitlines(True),
-                                            str(path), "rendered"))
-        raise ConfigError(f"{path}: differs from the rendering (fix: re-render with -o {path})\n{diff}")
+        diff = "".join(
+            difflib.unified_diff(
+                current.splitlines(True), text.splitlines(True), str(path), "rendered"
+            )
+        )
+        raise ConfigError(
+            f"{path}: differs from the rendering (fix: re-render with -o {path})\n{diff}"
+        )
 
 
 def write_atomic(path: Path, text: str, executable: bool = False) -> None:
@@ -75,7 +83,9 @@ def write_atomic(path: Path, text: str, executable: bool = False) -> None:
         raise
 
 
-def validate_many(targets: Sequence[str], overrides: Overrides, host: bool = False) -> dict[str, list[Problem]]:
+def validate_many(
+    targets: Sequence[str], overrides: Overrides, host: bool = False
+) -> dict[str, list[Problem]]:
     """Every problem of every target; ``host`` adds the checks that depend on this machine."""
     out: dict[str, list[Problem]] = {}
     for target in targets:
@@ -93,10 +103,3 @@ def validate_many(targets: Sequence[str], overrides: Overrides, host: bool = Fal
         else:
             out[target] = []
     return out
-
-
-def run(target: str, overrides: Overrides) -> int:
-    """Host checks, then launch and supervise the run; returns its exit code."""
-    from sftctl import launch
-
-    return launch.run(target, overrides)

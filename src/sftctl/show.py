@@ -29,7 +29,9 @@ def preset_table(items: list[PresetInfo]) -> None:
 
 
 def _with_origin(resolved: Resolved) -> list[str]:
-    data: dict[str, Any] = resolved.config.model_dump(exclude={"extends", "args"}, exclude_none=True)
+    data: dict[str, Any] = resolved.config.model_dump(
+        exclude={"extends", "args"}, exclude_none=True
+    )
     data["args"] = resolved.args
     origin = resolved.loaded.origin
     lines = []
@@ -50,8 +52,11 @@ def _with_origin(resolved: Resolved) -> list[str]:
 
 def _origin_of(origin: dict[str, str], section: str, key: str) -> str:
     """Which layer set ``section.key``, under any version's spelling of the name."""
-    for name in (key, *[old for old, new in RENAMED_3_TO_4.items() if new == key],
-                 RENAMED_3_TO_4.get(key, key)):
+    for name in (
+        key,
+        *[old for old, new in RENAMED_3_TO_4.items() if new == key],
+        RENAMED_3_TO_4.get(key, key),
+    ):
         if f"{section}.{name}" in origin:
             return origin[f"{section}.{name}"]
     return "default"
@@ -59,18 +64,24 @@ def _origin_of(origin: dict[str, str], section: str, key: str) -> str:
 
 def summary_lines(resolved: Resolved) -> list[str]:
     """Effective batch and layout, the figures a reader of a launch script gets wrong."""
-    lines = [f"ms-swift target: {resolved.major}.x ({resolved.version_source})",
-             f"layout: {resolved.layout.description}"]
+    lines = [
+        f"ms-swift target: {resolved.major}.x ({resolved.version_source})",
+        f"layout: {resolved.layout.description}",
+    ]
     bs = resolved.args.get("per_device_train_batch_size")
     ga = resolved.args.get("gradient_accumulation_steps")
     lay = resolved.layout
     if resolved.effective_batch is not None:
-        lines.append(f"effective batch: {bs} per device x {lay.nproc} process(es) x {ga} accumulation "
-                     f"x {lay.nnodes} node(s) = {resolved.effective_batch}")
+        lines.append(
+            f"effective batch: {bs} per device x {lay.nproc} process(es) x {ga} accumulation "
+            f"x {lay.nnodes} node(s) = {resolved.effective_batch}"
+        )
     else:
-        lines.append("effective batch: unknown (ms-swift 4.x picks gradient_accumulation_steps itself "
-                     "when it is not given; set per_device_train_batch_size and "
-                     "gradient_accumulation_steps to fix it)")
+        lines.append(
+            "effective batch: unknown (ms-swift 4.x picks gradient_accumulation_steps itself "
+            "when it is not given; set per_device_train_batch_size and "
+            "gradient_accumulation_steps to fix it)"
+        )
     chain = " -> ".join(layer.label for layer in resolved.loaded.layers)
     lines.append(f"files: {chain} (hash {resolved.loaded.digest})")
     return lines
@@ -98,13 +109,22 @@ def runs_table(output_dir: Path, as_json: bool) -> None:
     for col in ("run", "target", "status", "exit", "started", "wall s", "loss", "last checkpoint"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        loss = (f"{r['first_loss']:.3f} -> {r['last_loss']:.3f}"
-                if r.get("first_loss") is not None and r.get("last_loss") is not None else "")
+        loss = (
+            f"{r['first_loss']:.3f} -> {r['last_loss']:.3f}"
+            if r.get("first_loss") is not None and r.get("last_loss") is not None
+            else ""
+        )
         folder = r.get("run_dir") or r.get("staging_dir") or ""
-        table.add_row(Path(folder).name, str(r.get("target", "")), str(r.get("status", "")),
-                      "" if r.get("exit_code") is None else str(r["exit_code"]),
-                      str(r.get("started_at", "")), str(r.get("wall_seconds", "")), loss,
-                      Path(str(r.get("last_checkpoint") or "")).name)
+        table.add_row(
+            Path(folder).name,
+            str(r.get("target", "")),
+            str(r.get("status", "")),
+            "" if r.get("exit_code") is None else str(r["exit_code"]),
+            str(r.get("started_at", "")),
+            str(r.get("wall_seconds", "")),
+            loss,
+            Path(str(r.get("last_checkpoint") or "")).name,
+        )
     Console(width=max(120, Console().width)).print(table)
     if not rows:
         print(f"no runs recorded under {output_dir}")
@@ -115,12 +135,35 @@ def show_run(folder: Path) -> None:
     from sftctl.record import read_manifest
 
     path, data = read_manifest(folder)
-    keys = ("target", "preset", "preset_hash", "status", "exit_code", "signal", "started_at",
-            "ended_at", "wall_seconds", "host", "gpus", "layout", "run_dir", "log", "last_checkpoint",
-            "first_loss", "last_loss", "versions")
+    keys = (
+        "target",
+        "preset",
+        "preset_hash",
+        "status",
+        "exit_code",
+        "signal",
+        "started_at",
+        "ended_at",
+        "wall_seconds",
+        "host",
+        "gpus",
+        "layout",
+        "run_dir",
+        "log",
+        "last_checkpoint",
+        "first_loss",
+        "last_loss",
+        "versions",
+    )
     brief = {k: data[k] for k in keys if data.get(k) is not None}
-    out = [f"# manifest: {path}", dump(brief, for_people=True).rstrip("\n"),
-           "env:", *[f"  {k}={v}" for k, v in (data.get("env") or {}).items()],
-           "argv:", "  " + " ".join(shlex.quote(a) for a in data.get("argv", [])),
-           "config:", *["  " + line for line in str(data.get("config_yaml", "")).splitlines()]]
+    out = [
+        f"# manifest: {path}",
+        dump(brief, for_people=True).rstrip("\n"),
+        "env:",
+        *[f"  {k}={v}" for k, v in (data.get("env") or {}).items()],
+        "argv:",
+        "  " + " ".join(shlex.quote(a) for a in data.get("argv", [])),
+        "config:",
+        *["  " + line for line in str(data.get("config_yaml", "")).splitlines()],
+    ]
     sys.stdout.write("\n".join(out) + "\n")

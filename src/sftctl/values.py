@@ -28,7 +28,15 @@ class ValueProblem(Exception):
 
 
 def _describe(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str) if not isinstance(value, str) else repr(value)
+    return (
+        json.dumps(value, ensure_ascii=False, default=str)
+        if not isinstance(value, str)
+        else repr(value)
+    )
+
+
+def _int_example(arg: Argument) -> int:
+    return arg.default if isinstance(arg.default, int) and not isinstance(arg.default, bool) else 1
 
 
 def _scalar(arg: Argument, value: Any) -> Any:
@@ -39,7 +47,8 @@ def _scalar(arg: Argument, value: Any) -> Any:
         if isinstance(value, (str, int)) and str(value).lower() in _TRUE | _FALSE:
             return str(value).lower() in _TRUE
         raise ValueProblem(
-            f"{arg.name} must be a boolean, got {_describe(value)}", f"write {arg.name}: true or false"
+            f"{arg.name} must be a boolean, got {_describe(value)}",
+            f"write {arg.name}: true or false",
         )
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, (int, str)):
@@ -47,7 +56,7 @@ def _scalar(arg: Argument, value: Any) -> Any:
                 return int(value)
             raise ValueProblem(
                 f"{arg.name} must be an integer, got {_describe(value)}",
-                f"write a whole number, e.g. {arg.name}: {arg.default if isinstance(arg.default, int) else 1}",
+                f"write a whole number, e.g. {arg.name}: {_int_example(arg)}",
             )
         if isinstance(value, str):
             try:
@@ -61,7 +70,8 @@ def _scalar(arg: Argument, value: Any) -> Any:
     if kind == "float":
         if isinstance(value, bool):
             raise ValueProblem(
-                f"{arg.name} must be a number, got {_describe(value)}", f"write e.g. {arg.name}: 1e-4"
+                f"{arg.name} must be a number, got {_describe(value)}",
+                f"write e.g. {arg.name}: 1e-4",
             )
         if isinstance(value, (int, float)):
             return value
@@ -128,7 +138,10 @@ def parse_set_value(arg: Argument | None, text: str) -> Any:
     if _FLOW_LIST.match(text.strip()) and (arg.is_list or arg.type == "json"):
         parsed = parse_scalar(text)
         if isinstance(parsed, list):
-            return [str(item) if arg.type == "str" and not isinstance(item, str) else item for item in parsed]
+            return [
+                str(item) if arg.type == "str" and not isinstance(item, str) else item
+                for item in parsed
+            ]
     if arg.type == "str":
         return text
     if arg.type == "json":

@@ -77,8 +77,11 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any
         key = loader.construct_object(key_node, deep=True)
         if not isinstance(key, (str, int, float, bool)) and key is not None:
             mark = key_node.start_mark
-            raise _BadKey(f"a key must be a plain name, not a {type(key).__name__}", mark.line + 1,
-                          mark.column + 1)
+            raise _BadKey(
+                f"a key must be a plain name, not a {type(key).__name__}",
+                mark.line + 1,
+                mark.column + 1,
+            )
         if key in result:
             mark = key_node.start_mark
             raise _DuplicateKey(str(key), mark.line + 1, mark.column + 1)
@@ -127,8 +130,15 @@ def load_text(text: str, source: str) -> dict[str, Any]:
             ]
         ) from None
     except _BadKey as exc:
-        raise ConfigError(problems=[Problem(f"{source}:{exc.line}:{exc.column}", exc.what,
-                                            "write keys as plain names, e.g. learning_rate:")]) from None
+        raise ConfigError(
+            problems=[
+                Problem(
+                    f"{source}:{exc.line}:{exc.column}",
+                    exc.what,
+                    "write keys as plain names, e.g. learning_rate:",
+                )
+            ]
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
@@ -222,5 +232,10 @@ _Dumper12.add_representer(str, _represent_str)
 
 def dump(data: Any, *, for_people: bool = False) -> str:
     """Dump YAML: for ms-swift (YAML 1.1 reader) or, with ``for_people``, as written."""
-    return yaml.dump(data, Dumper=_Dumper12 if for_people else _Dumper, sort_keys=False,
-                     allow_unicode=True, width=100)
+    return yaml.dump(
+        data,
+        Dumper=_Dumper12 if for_people else _Dumper,
+        sort_keys=False,
+        allow_unicode=True,
+        width=100,
+    )

@@ -65,8 +65,10 @@ def load(major: int) -> Catalog:
     except (OSError, ValueError) as exc:
         from sftctl.errors import UsageError
 
-        raise UsageError(f"no usable argument catalog for ms-swift {major}.x ({exc}); "
-                         "reinstall sftctl (fix: pip install --force-reinstall sftctl)") from None
+        raise UsageError(
+            f"no usable argument catalog for ms-swift {major}.x ({exc}); "
+            "reinstall sftctl (fix: pip install --force-reinstall sftctl)"
+        ) from None
     args = {
         name: Argument(
             name=name,
