@@ -29,7 +29,7 @@ MODEL_NAME_TEMPLATE = "<model-name>"
 # Environment variables through which trackers and hubs read their tokens.
 TOKEN_ENV = ("SWANLAB_API_KEY", "WANDB_API_KEY", "HF_TOKEN", "MODELSCOPE_API_TOKEN")
 _SECRET_ENV = re.compile(r"(TOKEN|API_KEY|SECRET|PASSWORD)", re.I)
-FLASH_ATTN = ("flash_attn", "flash_attention_2", "flash_attention_3", "flash_attn_3")
+FLASH_ATTN = ("flash_attn", "flash_attention_2", "flash_attention_3", "flash_attention_4", "flash_attn_3")
 # Values ms-swift checks in code rather than with argparse choices.
 TUNER_TYPES = (
     "full",
