@@ -136,9 +136,7 @@ def render(
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write to FILE.")] = None,
     check: Annotated[
         Path | None,
-        typer.Option(
-            "--check", help="Exit 1 if FILE differs from the rendering (a CI drift check)."
-        ),
+        typer.Option("--check", help="Exit 1 if FILE differs from the rendering (a CI drift check)."),
     ] = None,
 ) -> None:
     """Print the exact launch command as a bash script, JSON, or an ms-swift YAML."""
@@ -178,16 +176,10 @@ def validate(
     from sftctl import service
 
     with boundary():
-        names = (
-            list(targets or []) + ([preset] if preset else []) + ([str(config)] if config else [])
-        )
+        names = list(targets or []) + ([preset] if preset else []) + ([str(config)] if config else [])
         if not names:
-            raise UsageError(
-                "give at least one TARGET: a preset name, --preset NAME or --config FILE"
-            )
-        results = service.validate_many(
-            names, _overrides(set_, gpus, model, swift_version), host=host
-        )
+            raise UsageError("give at least one TARGET: a preset name, --preset NAME or --config FILE")
+        results = service.validate_many(names, _overrides(set_, gpus, model, swift_version), host=host)
         bad = {t: probs for t, probs in results.items() if probs}
         if as_json:
             print(
@@ -237,9 +229,7 @@ def run(
     gpus: GpusOpt = None,
     model: ModelOpt = None,
     swift_version: VersionOpt = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print the script; start nothing.")
-    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the script; start nothing.")] = False,
     detach: Annotated[
         bool, typer.Option("--detach", help="Run in the background; survives the terminal.")
     ] = False,
@@ -264,9 +254,7 @@ def run(
             return
         from sftctl import launch
 
-        opts = launch.RunOptions(
-            detach=detach, resume=resume, grace=grace, quiet=quiet, run_id=run_id
-        )
+        opts = launch.RunOptions(detach=detach, resume=resume, grace=grace, quiet=quiet, run_id=run_id)
         code = launch.run(name, ov, opts)
     raise typer.Exit(code)
 

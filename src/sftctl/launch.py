@@ -16,7 +16,14 @@ from typing import Any
 from sftctl import envvars, gpus, hostcheck, preflight, render, supervise
 from sftctl.errors import ConfigError, LaunchError, Problem, RefusedError
 from sftctl.presets import Loaded
-from sftctl.record import RunRecord, base_manifest, complete_checkpoints, read_manifest
+from sftctl.record import (
+    RunRecord,
+    base_manifest,
+    complete_checkpoints,
+    now_iso,
+    read_manifest,
+    write_json_atomic,
+)
 from sftctl.resolve import Overrides, Resolved, resolve, resolve_loaded
 from sftctl.service import builtin_paths
 from sftctl.yamlio import dump, load_text
@@ -84,9 +91,7 @@ def _last_checkpoint(output_dir: Path, in_place: bool) -> Path | None:
     folders = (
         [output_dir]
         if in_place
-        else sorted(
-            (p for p in output_dir.glob("v*-*") if p.is_dir()), key=lambda p: p.stat().st_mtime
-        )
+        else sorted((p for p in output_dir.glob("v*-*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
     )
     for folder in reversed(folders):
         done = complete_checkpoints(folder)
@@ -120,9 +125,7 @@ def prepare(
     launch = resolved.config.launch
     port = launch.master_port
     distributed = launch.launcher == "torchrun" or launch.nproc_per_node > 1 or launch.nnodes > 1
-    problems += preflight.check_port(
-        port, port is not None and distributed and supervise.port_in_use(port)
-    )
+    problems += preflight.check_port(port, port is not None and distributed and supervise.port_in_use(port))
     disk, warnings = preflight.check_disk(
         preflight.disk_plan(resolved, output_dir, _model_dir(resolved, paths, cwd))
     )
@@ -273,9 +276,7 @@ def _summary(record: RunRecord, outcome: supervise.Outcome, stats: Any, wall: fl
             + (" (SIGKILL after the grace period)" if outcome.killed else "")
         )
     else:
-        lines.append(
-            f"sftctl: training failed with exit code {outcome.returncode}; last lines of the log:"
-        )
+        lines.append(f"sftctl: training failed with exit code {outcome.returncode}; last lines of the log:")
         try:
             tail = record.log.read_text(errors="replace").splitlines()[-25:]
         except OSError:
@@ -284,15 +285,11 @@ def _summary(record: RunRecord, outcome: supervise.Outcome, stats: Any, wall: fl
     if record.data.get("last_checkpoint"):
         lines.append(f"  checkpoint: {record.data['last_checkpoint']}")
     if stats.first_loss is not None:
-        lines.append(
-            f"  loss: {stats.first_loss:.4f} (first) -> {stats.loss:.4f} (last), {stats.step} steps"
-        )
+        lines.append(f"  loss: {stats.first_loss:.4f} (first) -> {stats.loss:.4f} (last), {stats.step} steps")
     if stats.steps_per_second:
         lines.append(f"  speed: {stats.steps_per_second:.3g} steps/s")
     lines.append(f"  wall time: {wall:.1f} s")
-    lines.append(
-        f"  run folder: {record.run_dir or record.staging} (manifest {record.manifest_path.name})"
-    )
+    lines.append(f"  run folder: {record.run_dir or record.staging} (manifest {record.manifest_path.name})")
     _say("\n".join(lines))
 
 
@@ -300,7 +297,7 @@ def _detach(
     target: str, overrides: Overrides, opts: RunOptions, output_dir: Path, loaded: Loaded | None
 ) -> int:
     """Start `sftctl run` again in its own session, so the run survives this terminal."""
-    from sftctl.record import STAGING, new_run_id
+    from sftctl.record import POINTER, STAGING, new_run_id, write_json_if_absent
 
     run_id = new_run_id()
     staging = output_dir / STAGING / run_id
@@ -339,6 +336,19 @@ def _detach(
             start_new_session=True,
             cwd=Path.cwd(),
         )
+    # Write a first manifest now, so `sftctl stop` works even before the background
+    # supervisor has started up; the supervisor's own record replaces it.
+    write_json_if_absent(
+        staging / POINTER,
+        base_manifest(
+            target=target,
+            run_id=run_id,
+            staging_dir=str(staging),
+            supervisor_pid=proc.pid,
+            supervisor_start=_start_of(proc.pid),
+            log=str(staging / "supervisor.log"),
+        ),
+    )
     _say(
         f"sftctl: started in the background (supervisor pid {proc.pid})\n"
         f"  manifest and log: {staging} (they move into the run folder once ms-swift creates it)\n"
@@ -365,7 +375,11 @@ def stop(path: Path, grace: float = 30.0) -> int:
             if supervise.proc_ref(ref.pid) is None:
                 break
             time.sleep(0.2)
-        _, data = read_manifest(manifest_path)
+        path, data = read_manifest(manifest_path)
+        if data.get("status") in ("starting", "running") and data.get("pid") is None:
+            # Stopped while still checking and preparing: no training process was started.
+            data.update(status="stopped before launch", ended_at=now_iso())
+            write_json_atomic(path, data)
         _say(f"sftctl: stopped (status: {data.get('status')}, exit code {data.get('exit_code')})")
         return 0
     # The supervisor is gone (killed hard): end what is left of the tree ourselves.

@@ -65,9 +65,7 @@ def plan(
             )
         dupes = sorted({g for g in launch.gpus if launch.gpus.count(g) > 1})
         if dupes:
-            problems.append(
-                Problem("launch.gpus", f"GPU ids listed twice: {dupes}", "list each GPU once")
-            )
+            problems.append(Problem("launch.gpus", f"GPU ids listed twice: {dupes}", "list each GPU once"))
 
     if gpus is None:
         mode = "cpu" if use_cpu else "inherited"
@@ -133,9 +131,7 @@ def plan(
         mode, desc = "device_map", f"1 process, model split over {n} GPUs ({ids}) with device_map"
     elif per >= 2:
         mode = "ddp+device_map"
-        desc = (
-            f"DDP over {nproc} processes, each splitting the model over {per} GPUs with device_map"
-        )
+        desc = f"DDP over {nproc} processes, each splitting the model over {per} GPUs with device_map"
     elif shard:
         mode, desc = shard, f"{shard} over {nproc} process(es), one per GPU ({ids})"
     elif nproc > 1:

@@ -89,9 +89,7 @@ def _description(text: str) -> str:
         data = load_text(text, "preset")
     except ConfigError:
         return "(invalid)"
-    return (
-        str(data.get("description", "")).strip().splitlines()[0] if data.get("description") else ""
-    )
+    return str(data.get("description", "")).strip().splitlines()[0] if data.get("description") else ""
 
 
 def list_presets() -> list[PresetInfo]:
@@ -211,18 +209,14 @@ def load(target: str) -> Loaded:
                 ]
             )
         elif looks_like_path(parent):
-            base_dir = (
-                Path(layer.path).parent if not layer.path.startswith("sftctl/") else Path(".")
-            )
+            base_dir = Path(layer.path).parent if not layer.path.startswith("sftctl/") else Path(".")
             layer = _read_file((base_dir / parent).expanduser(), f"{layer.label}: extends")
         else:
             layer = _read_preset(parent, f"{layer.label}: extends")
     merged: dict[str, Any] = {}
     origin: dict[str, str] = {}
     for lay, data in reversed(chain):
-        merged = _merge(
-            merged, {k: v for k, v in data.items() if k != "extends"}, origin, lay.label
-        )
+        merged = _merge(merged, {k: v for k, v in data.items() if k != "extends"}, origin, lay.label)
     merged = _drop_nulls(merged)
     return Loaded(
         target=target,
@@ -234,9 +228,7 @@ def load(target: str) -> Loaded:
 
 
 def _drop_nulls(data: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: _drop_nulls(v) if isinstance(v, dict) else v for k, v in data.items() if v is not None
-    }
+    return {k: _drop_nulls(v) if isinstance(v, dict) else v for k, v in data.items() if v is not None}
 
 
 def set_path(loaded: Loaded, dotted: str, value: Any, label: str) -> None:

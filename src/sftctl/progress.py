@@ -59,9 +59,7 @@ class Stats:
         for key, value in row.items():
             if key.startswith("train_speed"):
                 self.speed = (
-                    f"{value:.3g} {key[len('train_speed(') : -1]}"
-                    if isinstance(value, float)
-                    else str(value)
+                    f"{value:.3g} {key[len('train_speed(') : -1]}" if isinstance(value, float) else str(value)
                 )
             if key.startswith("memory"):
                 self.memory = f"{value} GiB"
@@ -90,9 +88,7 @@ class Stats:
 class Follower:
     """Follows ``logging.jsonl`` of the run folder, once ``find_dir`` returns it."""
 
-    def __init__(
-        self, find_dir: Callable[[], Path | None], mode: str, out: TextIO | None = None
-    ) -> None:
+    def __init__(self, find_dir: Callable[[], Path | None], mode: str, out: TextIO | None = None) -> None:
         self.find_dir = find_dir
         self.mode = mode  # "live", "plain" or "quiet"
         self.out = out or sys.stdout

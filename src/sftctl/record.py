@@ -52,10 +52,21 @@ def versions() -> dict[str, str | None]:
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write JSON via a temporary file and rename: a reader never sees half a manifest."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(
-        json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8"
-    )
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_json_if_absent(path: Path, data: dict[str, Any]) -> bool:
+    """Atomically create ``path`` unless it exists (a hard link fails on an existing name)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
@@ -116,9 +127,7 @@ class RunRecord:
         if self.run_dir is not None:
             return self.run_dir
         if self.in_place:
-            if (self.output_dir / "logging.jsonl").exists() or (
-                self.output_dir / "args.json"
-            ).exists():
+            if (self.output_dir / "logging.jsonl").exists() or (self.output_dir / "args.json").exists():
                 self.adopt(self.output_dir)
             return self.run_dir
         if not self.output_dir.is_dir():

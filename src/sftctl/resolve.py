@@ -131,9 +131,7 @@ def target_major(cli: str | None, config_value: object, env: Mapping[str, str]) 
     if cli:
         return parse_major(cli, "--swift-version"), "--swift-version"
     if env.get("SFTCTL_SWIFT_VERSION"):
-        return parse_major(
-            env["SFTCTL_SWIFT_VERSION"], "SFTCTL_SWIFT_VERSION"
-        ), "SFTCTL_SWIFT_VERSION"
+        return parse_major(env["SFTCTL_SWIFT_VERSION"], "SFTCTL_SWIFT_VERSION"), "SFTCTL_SWIFT_VERSION"
     if config_value not in (None, ""):
         return _config_major(config_value), "config swift_version"
     installed = installed_swift_version()
@@ -147,14 +145,10 @@ def _did_you_mean(name: str, known: Sequence[str]) -> str | None:
     return f"did you mean {' or '.join(repr(n) for n in near)}?" if near else None
 
 
-def _apply_overrides(
-    loaded: Loaded, ov: Overrides, cat: catalog.Catalog, problems: ProblemList
-) -> None:
+def _apply_overrides(loaded: Loaded, ov: Overrides, cat: catalog.Catalog, problems: ProblemList) -> None:
     for item in ov.sets:
         if "=" not in item:
-            problems.add(
-                "--set", f"'{item}' is not KEY=VALUE", "write e.g. --set learning_rate=1e-4"
-            )
+            problems.add("--set", f"'{item}' is not KEY=VALUE", "write e.g. --set learning_rate=1e-4")
             continue
         key, text = item.split("=", 1)
         key = key.strip()
@@ -221,9 +215,7 @@ def _schema_problems(exc: ValidationError, loaded: Loaded) -> list[Problem]:
         src = loaded.origin.get(loc)
         where = f"{loc} [from {src}]" if src not in (None, loaded.target) else loc
         if err["type"] == "extra_forbidden":
-            known = (
-                LAUNCH_KEYS if len(err["loc"]) > 1 and err["loc"][0] == "launch" else TOP_LEVEL_KEYS
-            )
+            known = LAUNCH_KEYS if len(err["loc"]) > 1 and err["loc"][0] == "launch" else TOP_LEVEL_KEYS
             hint = _did_you_mean(str(err["loc"][-1]), known) or f"known keys: {', '.join(known)}"
             out.append(Problem(where, "unknown key", hint))
         else:
@@ -302,11 +294,7 @@ def _check_args(
         seen_from[target] = name
         written[target] = str(key)
         if target.endswith("_token") or target.endswith("api_key"):
-            env_name = (
-                "SWANLAB_API_KEY"
-                if "swanlab" in target
-                else "the tracker's or hub's token variable"
-            )
+            env_name = "SWANLAB_API_KEY" if "swanlab" in target else "the tracker's or hub's token variable"
             problems.add(
                 where,
                 f"'{target}' is a secret: in a config, script or command line anyone "
@@ -331,9 +319,7 @@ def _fill_templates(args: dict[str, Any], preset: str | None, problems: ProblemL
             problems.add(
                 f"args.{name}",
                 f"{what} leaves {name} to you ({value})",
-                f"pass --{name.replace('_', '-')} ID"
-                if name == "model"
-                else f"pass --set {name}=VALUE",
+                f"pass --{name.replace('_', '-')} ID" if name == "model" else f"pass --set {name}=VALUE",
             )
     if "model" not in args:
         what = f"preset '{preset}'" if preset else "this config"
@@ -341,23 +327,15 @@ def _fill_templates(args: dict[str, Any], preset: str | None, problems: ProblemL
         return
     model = str(args["model"])
     if not model.strip():
-        problems.add(
-            "args.model", "the model is empty", "pass --model ID (a hub id or a local folder)"
-        )
+        problems.add("args.model", "the model is empty", "pass --model ID (a hub id or a local folder)")
         return
     _builtin_defaults(args, problems)
-    base = (
-        model.split(":", 1)[1]
-        if model.startswith("builtin:")
-        else model.rstrip("/").rsplit("/", 1)[-1]
-    )
+    base = model.split(":", 1)[1] if model.startswith("builtin:") else model.rstrip("/").rsplit("/", 1)[-1]
     for name, value in args.items():
         if isinstance(value, str) and MODEL_NAME_TEMPLATE in value:
             args[name] = value.replace(MODEL_NAME_TEMPLATE, base)
         elif isinstance(value, list):
-            args[name] = [
-                v.replace(MODEL_NAME_TEMPLATE, base) if isinstance(v, str) else v for v in value
-            ]
+            args[name] = [v.replace(MODEL_NAME_TEMPLATE, base) if isinstance(v, str) else v for v in value]
 
 
 def _builtin_defaults(args: dict[str, Any], problems: ProblemList) -> None:
@@ -371,9 +349,7 @@ def _builtin_defaults(args: dict[str, Any], problems: ProblemList) -> None:
             if isinstance(value, str) and value.startswith("builtin:"):
                 if value not in BUILTINS:
                     known = ", ".join(sorted(BUILTINS))
-                    problems.add(
-                        f"args.{key}", f"unknown built-in asset '{value}'", f"use one of {known}"
-                    )
+                    problems.add(f"args.{key}", f"unknown built-in asset '{value}'", f"use one of {known}")
                 elif key == "model":
                     for name, default in BUILTINS[value].get("swift_args", {}).items():
                         args.setdefault(name, default)
@@ -389,9 +365,7 @@ def _check_env(env: dict[str, str], problems: ProblemList) -> None:
             )
 
 
-def _check_combinations(
-    args: dict[str, Any], problems: ProblemList, written: dict[str, str]
-) -> None:
+def _check_combinations(args: dict[str, Any], problems: ProblemList, written: dict[str, str]) -> None:
     tuner = args.get("tuner_type", args.get("train_type"))
     if isinstance(tuner, str) and tuner not in TUNER_TYPES:
         key = written.get("tuner_type") or written.get("train_type") or "tuner_type"
@@ -411,8 +385,7 @@ def _check_combinations(
         near = difflib.get_close_matches(ds, DEEPSPEED_BUILTINS, n=1)
         problems.add(
             "args.deepspeed",
-            f"'{ds}' is not a DeepSpeed config ms-swift knows "
-            "(ms-swift fails with a JSONDecodeError)",
+            f"'{ds}' is not a DeepSpeed config ms-swift knows (ms-swift fails with a JSONDecodeError)",
             (f"did you mean '{near[0]}'? " if near else "")
             + f"use one of {', '.join(DEEPSPEED_BUILTINS)}, a .json path or inline JSON",
         )

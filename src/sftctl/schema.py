@@ -71,9 +71,7 @@ class RunConfig(BaseModel):
         None, description="the ms-swift major version this config targets (3 or 4)"
     )
     launch: Launch = Field(default_factory=Launch)
-    env: dict[str, str] = Field(
-        default_factory=dict, description="extra environment variables for the run"
-    )
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables for the run")
     args: dict[str, Any] = Field(
         default_factory=dict, description="ms-swift arguments by their ms-swift names"
     )

@@ -53,19 +53,13 @@ def check_drift(path: Path, text: str) -> None:
         current = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(
-            problems=[
-                Problem(str(path), f"cannot read: {exc.strerror}", "render it once with -o FILE")
-            ]
+            problems=[Problem(str(path), f"cannot read: {exc.strerror}", "render it once with -o FILE")]
         ) from None
     if current != text:
         diff = "".join(
-            difflib.unified_diff(
-                current.splitlines(True), text.splitlines(True), str(path), "rendered"
-            )
+            difflib.unified_diff(current.splitlines(True), text.splitlines(True), str(path), "rendered")
         )
-        raise ConfigError(
-            f"{path}: differs from the rendering (fix: re-render with -o {path})\n{diff}"
-        )
+        raise ConfigError(f"{path}: differs from the rendering (fix: re-render with -o {path})\n{diff}")
 
 
 def write_atomic(path: Path, text: str, executable: bool = False) -> None:

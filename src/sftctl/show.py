@@ -29,9 +29,7 @@ def preset_table(items: list[PresetInfo]) -> None:
 
 
 def _with_origin(resolved: Resolved) -> list[str]:
-    data: dict[str, Any] = resolved.config.model_dump(
-        exclude={"extends", "args"}, exclude_none=True
-    )
+    data: dict[str, Any] = resolved.config.model_dump(exclude={"extends", "args"}, exclude_none=True)
     data["args"] = resolved.args
     origin = resolved.loaded.origin
     lines = []

@@ -265,9 +265,7 @@ def _stop(tree: _Tree, sig: int, grace: float, poll_interval: float) -> bool:
 class _Output:
     """Splits the child's merged output into log bytes, echo text and lines."""
 
-    def __init__(
-        self, log: IO[bytes] | None, on_line: Callable[[str], None] | None, echo: bool
-    ) -> None:
+    def __init__(self, log: IO[bytes] | None, on_line: Callable[[str], None] | None, echo: bool) -> None:
         self.log = log
         self.on_line = on_line
         self.echo = echo

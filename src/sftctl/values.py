@@ -28,11 +28,7 @@ class ValueProblem(Exception):
 
 
 def _describe(value: Any) -> str:
-    return (
-        json.dumps(value, ensure_ascii=False, default=str)
-        if not isinstance(value, str)
-        else repr(value)
-    )
+    return json.dumps(value, ensure_ascii=False, default=str) if not isinstance(value, str) else repr(value)
 
 
 def _int_example(arg: Argument) -> int:
@@ -110,9 +106,7 @@ def coerce(arg: Argument, value: Any) -> Any:
     if arg.is_list:
         items = value if isinstance(value, list) else [value]
         if not items and arg.nargs == "+":
-            raise ValueProblem(
-                f"{arg.name} needs at least one value", f"write e.g. {arg.name}: [value]"
-            )
+            raise ValueProblem(f"{arg.name} needs at least one value", f"write e.g. {arg.name}: [value]")
         out = [_scalar(arg, item) for item in items]
     else:
         if isinstance(value, list) and arg.type != "json":
@@ -138,10 +132,7 @@ def parse_set_value(arg: Argument | None, text: str) -> Any:
     if _FLOW_LIST.match(text.strip()) and (arg.is_list or arg.type == "json"):
         parsed = parse_scalar(text)
         if isinstance(parsed, list):
-            return [
-                str(item) if arg.type == "str" and not isinstance(item, str) else item
-                for item in parsed
-            ]
+            return [str(item) if arg.type == "str" and not isinstance(item, str) else item for item in parsed]
     if arg.type == "str":
         return text
     if arg.type == "json":

@@ -148,9 +148,7 @@ def load_text(text: str, source: str) -> dict[str, Any]:
         ) from None
     if data is None:
         raise ConfigError(
-            problems=[
-                Problem(source, "the file is empty", "write a mapping, e.g. 'extends: cpu-smoke'")
-            ]
+            problems=[Problem(source, "the file is empty", "write a mapping, e.g. 'extends: cpu-smoke'")]
         )
     if not isinstance(data, dict):
         raise ConfigError(

@@ -175,9 +175,7 @@ def _jsonable(value: Any, dirs: list[str]) -> Any:
     if isinstance(value, (set, frozenset)):
         return sorted((_jsonable(v, dirs) for v in value), key=repr)
     if isinstance(value, dict):
-        return {
-            str(k): _jsonable(v, dirs) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))
-        }
+        return {str(k): _jsonable(v, dirs) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
     return _scrub(repr(value), dirs)
 
 
@@ -209,9 +207,7 @@ def dump_catalog() -> dict[str, Any]:
     with ctx:
         parser = hf_parser_cls([cls])
         hints = typing.get_type_hints(cls)
-    field_types: dict[str, Any] = {
-        f.name: hints.get(f.name, f.type) for f in dataclasses.fields(cls)
-    }
+    field_types: dict[str, Any] = {f.name: hints.get(f.name, f.type) for f in dataclasses.fields(cls)}
     dirs = _home_dirs()
 
     entries: dict[str, dict[str, Any]] = {}
@@ -231,8 +227,7 @@ def dump_catalog() -> dict[str, Any]:
         choices = None
         if action.choices is not None:
             choices = [
-                c if isinstance(c, _JSON_SCALARS) else str(getattr(c, "value", c))
-                for c in action.choices
+                c if isinstance(c, _JSON_SCALARS) else str(getattr(c, "value", c)) for c in action.choices
             ]
             choices = [_jsonable(c, dirs) for c in choices]
         help_text = _sort_help_choices(_scrub(action.help or "", dirs))
