@@ -65,3 +65,19 @@ def clean_env(**extra: str) -> dict[str, str]:
     env["NO_COLOR"] = "1"
     env.update(extra)
     return env
+
+
+# --- Shared by the end-to-end files (tests/test_e2e_*.py): real ms-swift runs. ---
+
+
+@pytest.fixture(scope="session")
+def e2e_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SFTCTL_CACHE for every real run of the session: the tiny model is built once
+    and DeepSpeed's ops compile once (cpu-smoke puts TORCH_EXTENSIONS_DIR under it).
+    Opt-in: SFTCTL_E2E_CACHE names a folder kept between sessions (a CI cache)."""
+    kept = os.environ.get("SFTCTL_E2E_CACHE")
+    if kept:
+        path = Path(kept).expanduser().resolve()
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return tmp_path_factory.mktemp("sftctl-cache")

@@ -756,5 +756,5 @@ def test_progress_lines_arrive_while_training(swan_run: SwanRun) -> None:
     data = manifest_of(run.cwd / "output" / "swan")
     leader = run.sampler.leader()
     assert leader is not None and data["pid"] == leader[0]
-    assert data["status"] == "succeeded" and data["steps"] == total
+    assert data["status"] == "succeeded" and data["last_step"] == total and data["first_step"] == 1
     assert "training finished" in run.stderr()

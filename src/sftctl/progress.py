@@ -20,6 +20,7 @@ class Stats:
     """What the log has said so far."""
 
     step: int | None = None
+    first_step: int | None = None
     total: int | None = None
     epoch: float | None = None
     loss: float | None = None
@@ -49,6 +50,8 @@ class Stats:
             return False
         step, _, total = str(row["global_step/max_steps"]).partition("/")
         self.step, self.total = int(step), int(total) if total.isdigit() else None
+        if self.first_step is None:
+            self.first_step = self.step
         self.loss = float(row["loss"])
         if self.first_loss is None:
             self.first_loss = self.loss
@@ -64,6 +67,15 @@ class Stats:
             if key.startswith("memory"):
                 self.memory = f"{value} GiB"
         return True
+
+    def steps_text(self) -> str:
+        """'16 steps', or 'steps 5-16 (12 steps)' for a run resumed at step 5."""
+        if self.step is None or self.first_step is None:
+            return "no steps"
+        count = self.step - self.first_step + 1
+        if self.first_step == 1:
+            return f"{count} steps"
+        return f"steps {self.first_step}-{self.step} ({count} steps)"
 
     def line(self) -> str:
         """One plain progress line."""
