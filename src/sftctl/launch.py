@@ -286,7 +286,9 @@ def _summary(record: RunRecord, outcome: supervise.Outcome, stats: Any, wall: fl
     if record.data.get("last_checkpoint"):
         lines.append(f"  checkpoint: {record.data['last_checkpoint']}")
     if stats.first_loss is not None:
-        lines.append(f"  loss: {stats.first_loss:.4f} (first) -> {stats.loss:.4f} (last), {stats.steps_text()}")
+        lines.append(
+            f"  loss: {stats.first_loss:.4f} (first) -> {stats.loss:.4f} (last), {stats.steps_text()}"
+        )
     if stats.steps_per_second:
         lines.append(f"  speed: {stats.steps_per_second:.3g} steps/s")
     lines.append(f"  wall time: {wall:.1f} s")
