@@ -4,8 +4,6 @@ This is the one place errors are shown. ``--help``, ``render`` and ``validate`` 
 stay fast: nothing here imports torch, transformers or ms-swift.
 """
 
-from __future__ import annotations
-
 import json
 import os
 import sys
@@ -20,6 +18,8 @@ quiet_pydantic_plugins()
 
 if TYPE_CHECKING:
     from sftctl.resolve import Overrides
+# No `from __future__ import annotations` here: Typer would evaluate every string
+# annotation of every command on each start-up.
 
 import typer  # noqa: E402 - after the environment tweak above
 
@@ -102,7 +102,7 @@ def _target(target: str | None, preset: str | None, config: Path | None) -> str:
 
 def _overrides(
     sets: list[str] | None, gpus: str | None, model: str | None, swift_version: str | None
-) -> Overrides:
+) -> "Overrides":
     from sftctl.resolve import Overrides
 
     return Overrides(sets=tuple(sets or ()), gpus=gpus, model=model, swift_version=swift_version)

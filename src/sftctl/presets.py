@@ -7,6 +7,7 @@ import difflib
 import hashlib
 import os
 from dataclasses import dataclass, field
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,7 @@ def user_preset_dir() -> Path:
     return Path(user_config_dir("sftctl")) / "presets"
 
 
+@cache
 def _builtin_texts() -> dict[str, tuple[str, str]]:
     root = resources.files("sftctl.configs")
     out: dict[str, tuple[str, str]] = {}

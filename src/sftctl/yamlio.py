@@ -42,8 +42,12 @@ _FLOAT = re.compile(
 )
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 core-schema scalars and duplicate-key detection."""
+# libyaml's parser when PyYAML was built with it (several times faster), else PyYAML's own.
+_Base: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_Base):  # type: ignore[valid-type,misc]
+    """A safe loader with YAML 1.2 core-schema scalars and duplicate-key detection."""
 
 
 # Start from no implicit resolvers, then add the YAML 1.2 core schema.
