@@ -23,6 +23,7 @@ from pathlib import Path
 
 BIN = Path(sys.executable).parent
 FLOOR_S = 0.5
+DEPS = "import typer, typer._adapters, yaml, pydantic; from pydantic import BaseModel"
 
 
 def timed(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, subprocess.CompletedProcess[str]]:
@@ -85,16 +86,21 @@ def main() -> None:
     subprocess.run([sftctl, "render", "zero2-qwen3-8b"], env=env, capture_output=True, check=True)  # warm
     # The quick commands alternate, so slow spells of a shared machine hit all of them alike;
     # the long ms-swift runs come last.
-    times: dict[str, list[float]] = {"validate": [], "render": [], "typer": []}
+    times: dict[str, list[float]] = {"validate": [], "render": [], "typer": [], "deps": []}
     quick = {
         "validate": ([sftctl, "validate", str(config)], 1, "lerning_rate"),
         "render": ([sftctl, "render", "zero2-qwen3-8b"], 0, None),
         "typer": ([sys.executable, "-c", "import typer"], 0, None),
+        # What the dependencies alone cost before sftctl does anything: Typer 0.29 parses
+        # arguments with pydantic TypeAdapters, so its adapters and pydantic load every time.
+        "deps": ([sys.executable, "-c", DEPS], 0, None),
     }
     for _ in range(opts.runs):
         for name, (argv, code, says) in quick.items():
             times[name].append(median_of(1, argv, env, work, expect=code, must_say=says))
-    validate, render, typer_only = (statistics.median(times[k]) for k in ("validate", "render", "typer"))
+    validate, render, typer_only, deps = (
+        statistics.median(times[k]) for k in ("validate", "render", "typer", "deps")
+    )
     swift = median_of(
         opts.swift_runs,
         [
@@ -134,6 +140,8 @@ def main() -> None:
     label = 'python -c "import typer"'
     print(f"{label:58} {typer_only:9.3f}")
     print(f"{'  ratio render / import typer':58} {render / typer_only:9.2f}x")
+    print(f"{'typer + its pydantic adapters + pydantic + yaml imported':58} {deps:9.3f}")
+    print(f"{'  what sftctl adds to them (render)':58} {render - deps:9.3f}")
     ok = validate < FLOOR_S and render < FLOOR_S
     print(f"floor {FLOOR_S} s for validate and render: {'met' if ok else 'NOT met'}")
 
