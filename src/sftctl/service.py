@@ -35,6 +35,8 @@ CACHE_PLACEHOLDER = "<sftctl-cache>"
 def builtin_paths(resolved: Resolved) -> dict[str, str]:
     """Where the built-in assets live (or will, once materialised), and the cache folder
     that ``<sftctl-cache>`` in env values stands for."""
+    if not _uses_builtins(resolved):
+        return {}  # most configs: no need to work out (and import) the cache location
     from sftctl.assets.builder import BUILTINS, cache_dir
 
     root = cache_dir()
@@ -45,6 +47,13 @@ def builtin_paths(resolved: Resolved) -> dict[str, str]:
         else:
             out[ref] = str(root / "datasets" / spec["filename"])
     return out
+
+
+def _uses_builtins(resolved: Resolved) -> bool:
+    values = [v for value in resolved.args.values() for v in (value if isinstance(value, list) else [value])]
+    return any(isinstance(v, str) and v.startswith("builtin:") for v in values) or any(
+        CACHE_PLACEHOLDER in v for v in resolved.config.env.values()
+    )
 
 
 def check_drift(path: Path, text: str) -> None:
