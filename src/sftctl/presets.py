@@ -104,11 +104,6 @@ def list_presets() -> list[PresetInfo]:
     return [found[k] for k in sorted(found)]
 
 
-def builtin_names() -> list[str]:
-    """Names of the presets shipped in the package."""
-    return sorted(_builtin_texts())
-
-
 def looks_like_path(target: str) -> bool:
     return target.endswith(SUFFIXES) or os.sep in target or target.startswith(".")
 

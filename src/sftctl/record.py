@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
 import time
 from dataclasses import dataclass
@@ -211,10 +210,3 @@ def list_runs(output_dir: Path) -> list[dict[str, Any]]:
         data["_manifest"] = str(path)
         seen[data.get("run_id", str(path))] = data
     return sorted(seen.values(), key=lambda d: str(d.get("started_at", "")))
-
-
-def remove_empty_staging(output_dir: Path) -> None:
-    """Tidy: drop the staging root when nothing is left in it."""
-    root = output_dir / STAGING
-    if root.is_dir() and not any(root.iterdir()):
-        shutil.rmtree(root, ignore_errors=True)

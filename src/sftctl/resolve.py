@@ -12,7 +12,7 @@ import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -71,7 +71,6 @@ class Resolved:
     args: dict[str, Any]  # target spelling, values coerced by the catalog
     layout: Layout
     version_source: str
-    notes: list[Problem] = field(default_factory=list)
 
     @property
     def effective_batch(self) -> int | None:
@@ -456,15 +455,3 @@ def resolve_loaded(
     problems.raise_if_any()
     config = config.model_copy(update={"args": args})
     return Resolved(loaded, config, major, args, layout, source)
-
-
-def check_many(targets: Sequence[str], overrides: Overrides) -> dict[str, list[Problem]]:
-    """Validate several targets; map each to its problems (empty when valid)."""
-    out: dict[str, list[Problem]] = {}
-    for t in targets:
-        try:
-            resolve(t, overrides)
-            out[t] = []
-        except ConfigError as exc:
-            out[t] = exc.problems or [Problem(t, str(exc))]
-    return out
