@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,9 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
-def _isolated(
-    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[None]:
+def _isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """No test reads or writes the real user's presets or cache."""
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("SFTCTL_PRESETS", str(home / "presets"))
@@ -53,6 +52,15 @@ def sftctl_exe() -> list[str]:
         return [str(exe)]
     found = shutil.which("sftctl")
     return [found] if found else [sys.executable, "-m", "sftctl"]
+
+
+def default_signals() -> None:
+    """preexec_fn: start sftctl with default signal handling, as from a terminal.
+
+    A shell that starts a job in the background (as CI may run the suite) sets SIGINT to
+    ignored, the child inherits that, and sftctl, like nohup, keeps an ignored signal ignored."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import clean_env, sftctl_exe
+from conftest import clean_env, default_signals, sftctl_exe
 
 pytestmark = [
     pytest.mark.slow,
@@ -275,6 +275,7 @@ def start_run(cwd: Path, env: dict[str, str], *args: str) -> Run:
             stderr=fh,
             text=True,
             bufsize=1,
+            preexec_fn=default_signals,
         )
     sampler = TreeSampler(proc.pid)
     sampler.start()

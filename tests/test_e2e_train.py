@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import clean_env, sftctl_exe
+from conftest import clean_env, default_signals, sftctl_exe
 
 import sftctl
 
@@ -60,8 +60,7 @@ DDP_REL = 1e-4
 # A resumable run: cpu-smoke's 16 steps with a checkpoint every 4 (save_total_limit 2).
 SAVE4 = ("--set", "save_steps=4")
 # Short distributed runs: 2 processes x batch 2 = cpu-smoke's effective batch of 4.
-DDP_SHORT = ("--set", "per_device_train_batch_size=2", "--set", "max_steps=2",
-             "--set", "save_steps=2")
+DDP_SHORT = ("--set", "per_device_train_batch_size=2", "--set", "max_steps=2", "--set", "save_steps=2")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -89,8 +88,14 @@ class Result:
 def make_env(cache: Path, home: Path) -> dict[str, str]:
     """No inherited GPU/launcher hints; every cache and temp file under the tests' folders."""
     (home / "tmp").mkdir(parents=True, exist_ok=True)
-    return clean_env(SFTCTL_CACHE=str(cache), HOME=str(home), TMPDIR=str(home / "tmp"),
-                     HF_HUB_OFFLINE="1", COLUMNS="200", PYTHONUNBUFFERED="1")
+    return clean_env(
+        SFTCTL_CACHE=str(cache),
+        HOME=str(home),
+        TMPDIR=str(home / "tmp"),
+        HF_HUB_OFFLINE="1",
+        COLUMNS="200",
+        PYTHONUNBUFFERED="1",
+    )
 
 
 def _finish(proc: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
@@ -119,19 +124,30 @@ def sftctl_cmd(cwd: Path, env: dict[str, str], *args: str, timeout: float = RUN_
     """Run `sftctl ARGS` in `cwd` and wait for it."""
     argv = [*sftctl_exe(), *args]
     start = time.monotonic()
-    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_signals,
+    )
     out, err = _finish(proc, timeout)
-    return Result(argv, cwd, Path(env["HOME"]), proc.returncode, out, err,
-                  time.monotonic() - start, _ticks_now())
+    return Result(
+        argv, cwd, Path(env["HOME"]), proc.returncode, out, err, time.monotonic() - start, _ticks_now()
+    )
 
 
 def run_dirs(output_dir: Path) -> list[Path]:
     """ms-swift's run folders (v<N>-<timestamp>) under `output_dir`, oldest first."""
     if not output_dir.is_dir():
         return []
-    return sorted((p for p in output_dir.iterdir() if p.is_dir() and RUN_FOLDER.match(p.name)),
-                  key=lambda p: int(p.name[1:].split("-", 1)[0]))
+    return sorted(
+        (p for p in output_dir.iterdir() if p.is_dir() and RUN_FOLDER.match(p.name)),
+        key=lambda p: int(p.name[1:].split("-", 1)[0]),
+    )
 
 
 def only_run_dir(output_dir: Path, res: Result) -> Path:
@@ -175,8 +191,7 @@ def assert_ok(res: Result) -> None:
     assert res.rc == 0, res.tail()
 
 
-def assert_same_losses(run_dir: Path, reference: dict[int, dict[str, Any]],
-                       steps: range, rel: float) -> None:
+def assert_same_losses(run_dir: Path, reference: dict[int, dict[str, Any]], steps: range, rel: float) -> None:
     got = logged_steps(run_dir)
     assert sorted(got) == list(steps), f"{run_dir}: logged steps {sorted(got)}"
     mine = {s: got[s]["loss"] for s in steps}
@@ -233,8 +248,16 @@ def stopped(e2e_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Traine
     env = make_env(e2e_cache, home)
     argv = [*sftctl_exe(), "run", "cpu-smoke", *SAVE4]
     start = time.monotonic()
-    proc = subprocess.Popen(argv, cwd=work, env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        argv,
+        cwd=work,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_signals,
+    )
     output_dir = work / "output" / "cpu-smoke"
     deadline = start + RUN_S
     try:
@@ -248,8 +271,9 @@ def stopped(e2e_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Traine
                     pass  # being written
             if proc.poll() is not None:
                 out, err = proc.communicate()
-                pytest.fail(f"the run ended before checkpoint-4 (rc {proc.returncode})\n"
-                            f"{(out + err)[-4000:]}")
+                pytest.fail(
+                    f"the run ended before checkpoint-4 (rc {proc.returncode})\n{(out + err)[-4000:]}"
+                )
             if time.monotonic() > deadline:
                 proc.send_signal(signal.SIGTERM)
                 out, err = _finish(proc, 60)
@@ -261,13 +285,13 @@ def stopped(e2e_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Traine
         if proc.poll() is None:
             _stop(proc)
         raise
-    res = Result(argv, work, home, proc.returncode, out, err, time.monotonic() - start,
-                 _ticks_now())
+    res = Result(argv, work, home, proc.returncode, out, err, time.monotonic() - start, _ticks_now())
     return Trained(res, only_run_dir(output_dir, res), env)
 
 
-def _ddp(e2e_cache: Path, factory: pytest.TempPathFactory, name: str, *sets: str,
-         timeout: float = RUN_S) -> Trained:
+def _ddp(
+    e2e_cache: Path, factory: pytest.TempPathFactory, name: str, *sets: str, timeout: float = RUN_S
+) -> Trained:
     work, home = _tmp(factory, name)
     env = make_env(e2e_cache, home)
     res = sftctl_cmd(work, env, "run", "cpu-smoke-ddp", *DDP_SHORT, *sets, timeout=timeout)
@@ -319,8 +343,7 @@ def test_full_run_manifest(full: Trained, e2e_cache: Path) -> None:
     assert started.tzinfo is not None and started <= ended
     assert 0 < m["wall_seconds"] <= (ended - started).total_seconds() + 2
     # What ran is exactly what `render` prints (same SFTCTL_CACHE, same built-in paths).
-    rendered = sftctl_cmd(full.res.cwd, full.env, "render", "cpu-smoke", "--format", "json",
-                          timeout=CLI_S)
+    rendered = sftctl_cmd(full.res.cwd, full.env, "render", "cpu-smoke", "--format", "json", timeout=CLI_S)
     assert_ok(rendered)
     doc = json.loads(rendered.stdout)
     assert m["argv"] == doc["argv"]
@@ -396,8 +419,15 @@ def test_lora_run_writes_adapter(e2e_cache: Path, tmp_path_factory: pytest.TempP
     assert (ckpt / "adapter_model.safetensors").stat().st_size > 0, files_under(run_dir)
     adapter = json.loads((ckpt / "adapter_config.json").read_text())
     assert adapter["peft_type"] == "LORA" and adapter["r"] == 8 and adapter["lora_alpha"] == 32
-    assert set(adapter["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj",
-                                              "gate_proj", "up_proj", "down_proj"}
+    assert set(adapter["target_modules"]) == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
     assert not (ckpt / "model.safetensors").exists()  # an adapter, not full weights
     assert trainer_state(ckpt)["global_step"] == 16
     m = manifest(run_dir)
@@ -436,8 +466,7 @@ def test_sigterm_after_checkpoint_stops_the_run(stopped: Trained) -> None:
         pytest.fail(f"pid {pid} of the stopped run still runs: {cmdline!r}")
 
 
-def _check_resumed(run_dir: Path, source: Path, res: Result,
-                   reference: dict[int, dict[str, Any]]) -> None:
+def _check_resumed(run_dir: Path, source: Path, res: Result, reference: dict[int, dict[str, Any]]) -> None:
     assert_ok(res)
     assert run_dir != source.parent and run_dir.parent == source.parent.parent
     # The log continues with steps 5..16, and they are the uninterrupted run's steps.
@@ -470,13 +499,15 @@ def test_resume_command_continues_from_last_checkpoint(
     _check_resumed(new[0], source, res, reference)
     assert manifest(new[0])["target"] == "cpu-smoke"
     # The stopped run's folder is left as it was (its manifest aside).
-    assert [f for f in files_under(stopped.run_dir) if "sftctl" not in f] == \
-        [f for f in before if "sftctl" not in f]
+    assert [f for f in files_under(stopped.run_dir) if "sftctl" not in f] == [
+        f for f in before if "sftctl" not in f
+    ]
 
 
 @pytest.mark.timeout(TEST_S)
 def test_run_resume_flag_picks_last_complete_checkpoint(
-    stopped: Trained, reference: dict[int, dict[str, Any]],
+    stopped: Trained,
+    reference: dict[int, dict[str, Any]],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     # A copy of the stopped run's folder alone, so this test does not depend on
@@ -495,12 +526,9 @@ def test_run_resume_flag_picks_last_complete_checkpoint(
 
 
 @pytest.mark.timeout(TEST_S)
-def test_run_resume_flag_refuses_without_checkpoint(
-    e2e_cache: Path, tmp_path: Path
-) -> None:
+def test_run_resume_flag_refuses_without_checkpoint(e2e_cache: Path, tmp_path: Path) -> None:
     home = tmp_path / "home"
-    res = sftctl_cmd(tmp_path, make_env(e2e_cache, home), "run", "cpu-smoke", "--resume",
-                     timeout=CLI_S * 2)
+    res = sftctl_cmd(tmp_path, make_env(e2e_cache, home), "run", "cpu-smoke", "--resume", timeout=CLI_S * 2)
     assert res.rc != 0, res.tail()
     assert "no complete checkpoint" in res.stderr and "nothing was started" in res.stderr
     assert run_dirs(tmp_path / "output" / "cpu-smoke") == []
@@ -534,7 +562,8 @@ def _check_distributed(run: Trained, reference: dict[int, dict[str, Any]]) -> di
 
 @pytest.mark.timeout(TEST_S)
 def test_ddp_swift_launcher_matches_single_process(
-    e2e_cache: Path, tmp_path_factory: pytest.TempPathFactory,
+    e2e_cache: Path,
+    tmp_path_factory: pytest.TempPathFactory,
     reference: dict[int, dict[str, Any]],
 ) -> None:
     run = _ddp(e2e_cache, tmp_path_factory, "ddp-swift")
@@ -546,7 +575,8 @@ def test_ddp_swift_launcher_matches_single_process(
 
 @pytest.mark.timeout(TEST_S)
 def test_ddp_torchrun_matches_single_process(
-    e2e_cache: Path, tmp_path_factory: pytest.TempPathFactory,
+    e2e_cache: Path,
+    tmp_path_factory: pytest.TempPathFactory,
     reference: dict[int, dict[str, Any]],
 ) -> None:
     run = _ddp(e2e_cache, tmp_path_factory, "ddp-torchrun", "--set", "launch.launcher=torchrun")
@@ -559,7 +589,8 @@ def test_ddp_torchrun_matches_single_process(
 
 @pytest.mark.timeout(TEST_S + DS_RUN_S)
 def test_deepspeed_zero2_two_cpu_processes(
-    e2e_cache: Path, tmp_path_factory: pytest.TempPathFactory,
+    e2e_cache: Path,
+    tmp_path_factory: pytest.TempPathFactory,
     reference: dict[int, dict[str, Any]],
 ) -> None:
     pytest.importorskip("deepspeed")
@@ -567,8 +598,16 @@ def test_deepspeed_zero2_two_cpu_processes(
         pytest.skip("DeepSpeed compiles its CPU op with ninja")
     if shutil.which("c++") is None and shutil.which("g++") is None:
         pytest.skip("DeepSpeed compiles its CPU op with a C++ compiler")
-    run = _ddp(e2e_cache, tmp_path_factory, "zero2", "--set", "deepspeed=zero2",
-               "--set", "fp16=false", timeout=DS_RUN_S)
+    run = _ddp(
+        e2e_cache,
+        tmp_path_factory,
+        "zero2",
+        "--set",
+        "deepspeed=zero2",
+        "--set",
+        "fp16=false",
+        timeout=DS_RUN_S,
+    )
     _check_distributed(run, reference)
     args = json.loads((run.run_dir / "args.json").read_text())
     ds = args["deepspeed"]
