@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,16 @@ from conftest import REPO, clean_env
 @pytest.mark.timeout(600)
 def test_wheel_ships_presets_and_catalogs(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
+    # Build from a copy of the tracked files: a build writes build/ and *.egg-info into
+    # its source folder, and tests leave the checkout as they found it.
+    source = tmp_path / "source"
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True)
+    for name in tracked.stdout.decode().split("\0"):
+        if name and (REPO / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
     subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(REPO)],
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(source)],
         check=True,
         capture_output=True,
         timeout=300,
