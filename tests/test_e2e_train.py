@@ -353,7 +353,11 @@ def test_full_run_manifest(full: Trained, e2e_cache: Path) -> None:
     assert m["env"]["TORCH_EXTENSIONS_DIR"] == str(e2e_cache / "torch_extensions")
     # The staging folder only points at the run folder now.
     pointer = json.loads((Path(m["staging_dir"]) / "manifest.json").read_text())
-    assert pointer == {"moved_to": str(run_dir), "run_id": m["run_id"]}
+    assert pointer == {
+        "moved_to": str(run_dir),
+        "manifest": str(run_dir / "sftctl-manifest.json"),
+        "run_id": m["run_id"],
+    }
     # Figures from logging.jsonl.
     rows = logged_steps(run_dir)
     assert m["first_step"] == 1 and m["last_step"] == 16

@@ -197,6 +197,7 @@ def run(
             gpus=env.get("CUDA_VISIBLE_DEVICES", cmd.env.get("CUDA_VISIBLE_DEVICES")),
             layout=resolved.layout.description,
             supervisor_pid=os.getpid(),
+            grace=opts.grace,
             supervisor_start=_start_of(os.getpid()),
         ),
         in_place=resolved.args.get("add_version", True) is False,
@@ -214,7 +215,7 @@ def run(
         _say(f"sftctl: {' '.join(cmd.argv[:3])} ... (log: {record.log})")
     wall = time.monotonic()
     try:
-        with Follower(record.discover, mode) as follower:
+        with Follower(record.discover, mode, start_offset=record.jsonl_offset) as follower:
             outcome = supervise.run_supervised(
                 cmd.argv,
                 child_env(cmd, env),
@@ -222,6 +223,7 @@ def run(
                 log_path=record.log,
                 grace=opts.grace,
                 on_start=started,
+                on_line=record.announce,
             )
     except OSError as exc:
         record.finish(status="failed to start", exit_code=None, error=str(exc))
@@ -361,6 +363,14 @@ def _detach(
     return 0
 
 
+def _alive(pid: object, start: object) -> supervise.ProcRef | None:
+    """The process ``pid`` if it is still the one that started at ``start`` (pids get reused)."""
+    if not isinstance(pid, int):
+        return None
+    ref = supervise.proc_ref(pid)
+    return ref if ref is not None and ref.start == start else None
+
+
 def stop(path: Path, grace: float = 30.0) -> int:
     """Stop a (detached) run the clean way: its supervisor forwards SIGTERM to the tree."""
     import signal
@@ -369,15 +379,17 @@ def stop(path: Path, grace: float = 30.0) -> int:
     if data.get("status") not in ("starting", "running"):
         _say(f"sftctl: the run is not running (status: {data.get('status')})")
         return 0
-    sup = data.get("supervisor_pid")
-    ref = supervise.proc_ref(int(sup)) if sup else None
-    if ref is not None and ref.start == data.get("supervisor_start"):
-        os.kill(ref.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace + 15
-        while time.monotonic() < deadline:
-            if supervise.proc_ref(ref.pid) is None:
-                break
+    sup = _alive(data.get("supervisor_pid"), data.get("supervisor_start"))
+    if sup is not None:
+        os.kill(sup.pid, signal.SIGTERM)
+        # The supervisor waits the run's own grace period before SIGKILL, then reaps.
+        wait = float(data.get("grace") or grace) + 15
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and _alive(sup.pid, sup.start) is not None:
             time.sleep(0.2)
+        if _alive(sup.pid, sup.start) is not None:
+            _say(f"sftctl: the run is still stopping after {wait:.0f} s (supervisor pid {sup.pid})")
+            return 1
         path, data = read_manifest(manifest_path)
         if data.get("status") in ("starting", "running") and data.get("pid") is None:
             # Stopped while still checking and preparing: no training process was started.
@@ -385,22 +397,38 @@ def stop(path: Path, grace: float = 30.0) -> int:
             write_json_atomic(path, data)
         _say(f"sftctl: stopped (status: {data.get('status')}, exit code {data.get('exit_code')})")
         return 0
-    # The supervisor is gone (killed hard): end what is left of the tree ourselves.
-    leader = data.get("pid")
-    if leader:
-        killed = supervise.stop_tree(
-            [supervise.ProcRef(int(leader), data.get("leader_start") or 0)], signal.SIGTERM, grace
-        )
+    # The supervisor is gone (killed hard): end what is left of the tree ourselves, but only
+    # if its leader is still the process the manifest recorded.
+    leader = _alive(data.get("pid"), data.get("leader_start"))
+    if leader is not None:
+        killed = supervise.stop_tree([leader], signal.SIGTERM, grace)
         _say(
             "sftctl: the supervisor was gone; stopped the training processes"
             + (" (SIGKILL after the grace period)" if killed else "")
         )
+    else:
+        _say("sftctl: neither the supervisor nor the training command is running any more")
+    data.update(status="stopped without supervisor", ended_at=now_iso())
+    write_json_atomic(manifest_path, data)
     return 0
 
 
 def resume(run_dir: Path, opts: RunOptions) -> int:
     """Continue a recorded run from its last complete checkpoint."""
     _, data = read_manifest(run_dir)
+    if data.get("status") in ("starting", "running") and _alive(
+        data.get("supervisor_pid"), data.get("supervisor_start")
+    ):
+        raise RefusedError(
+            problems=[
+                Problem(
+                    str(run_dir),
+                    "this run is still running; a second training would write into the same place",
+                    f"stop it first: sftctl stop {run_dir}",
+                ),
+                Problem("", "refused before launch: nothing was started"),
+            ]
+        )
     folder = Path(data.get("run_dir") or run_dir)
     done = complete_checkpoints(folder)
     if not done:

@@ -53,6 +53,15 @@ def plan(
     use_cpu = _truthy(args.get("use_cpu"))
     shard = sharding(args)
 
+    if launch.nnodes > 1:
+        problems.append(
+            Problem(
+                "launch.nnodes",
+                f"{launch.nnodes} nodes: sftctl renders and launches single-node runs only so far",
+                "run one node per machine with nnodes: 1, or use ms-swift's NNODES, "
+                "NODE_RANK, MASTER_ADDR by hand",
+            )
+        )
     if launch.gpus is not None:
         negative = [g for g in launch.gpus if g < 0]
         if negative:

@@ -4,6 +4,7 @@ timestamped plain lines otherwise, nothing with ``--quiet``."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -100,12 +101,18 @@ class Stats:
 class Follower:
     """Follows ``logging.jsonl`` of the run folder, once ``find_dir`` returns it."""
 
-    def __init__(self, find_dir: Callable[[], Path | None], mode: str, out: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        find_dir: Callable[[], Path | None],
+        mode: str,
+        out: TextIO | None = None,
+        start_offset: int = 0,
+    ) -> None:
         self.find_dir = find_dir
         self.mode = mode  # "live", "plain" or "quiet"
         self.out = out or sys.stdout
         self.stats = Stats()
-        self._offset = 0
+        self._offset = start_offset  # rows of an earlier run in the same folder are skipped
         self._partial = b""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="sftctl-progress", daemon=True)
@@ -143,6 +150,8 @@ class Follower:
         path = folder / "logging.jsonl"
         try:
             with path.open("rb") as fh:
+                if os.fstat(fh.fileno()).st_size < self._offset:
+                    self._offset, self._partial = 0, b""  # rewritten from the start
                 fh.seek(self._offset)
                 chunk = fh.read()
         except FileNotFoundError:

@@ -13,8 +13,9 @@ import json
 import os
 import re
 import socket
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -27,6 +28,7 @@ LOG = "sftctl.log"
 STAGING = ".sftctl"
 POINTER = "manifest.json"
 RUN_FOLDER = re.compile(r"^v\d+-\d{8}-\d{6}$")
+ANNOUNCE = re.compile(r"\[INFO:swift\] output_dir: (.+)$")
 
 
 def now_iso() -> str:
@@ -50,7 +52,7 @@ def versions() -> dict[str, str | None]:
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write JSON via a temporary file and rename: a reader never sees half a manifest."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
@@ -90,6 +92,11 @@ class RunRecord:
     data: dict[str, Any]
     in_place: bool  # add_version false: ms-swift writes into output_dir itself
     run_dir: Path | None = None
+    log_name: str = LOG
+    manifest_name: str = MANIFEST
+    jsonl_offset: int = 0  # logging.jsonl bytes of an earlier run in the same folder
+    _before: set[str] = field(default_factory=set)
+    _lock: threading.RLock = field(default_factory=threading.RLock)
 
     @classmethod
     def create(
@@ -98,13 +105,13 @@ class RunRecord:
         rec = cls(output_dir, run_id or new_run_id(), data, in_place)
         rec.staging.mkdir(parents=True, exist_ok=True)
         rec._before = {p.name for p in output_dir.iterdir()} if output_dir.is_dir() else set()
+        if in_place and (output_dir / "logging.jsonl").is_file():
+            rec.jsonl_offset = (output_dir / "logging.jsonl").stat().st_size
         rec.data.setdefault("run_id", rec.run_id)
         rec.data["staging_dir"] = str(rec.staging)
         rec.data["log"] = str(rec.log)
         rec.write()
         return rec
-
-    _before: set[str] = frozenset()  # type: ignore[assignment]
 
     @property
     def staging(self) -> Path:
@@ -112,47 +119,73 @@ class RunRecord:
 
     @property
     def log(self) -> Path:
-        return (self.run_dir / LOG) if self.run_dir else (self.staging / LOG)
+        return (self.run_dir / self.log_name) if self.run_dir else (self.staging / LOG)
 
     @property
     def manifest_path(self) -> Path:
-        return (self.run_dir / MANIFEST) if self.run_dir else (self.staging / POINTER)
+        return (self.run_dir / self.manifest_name) if self.run_dir else (self.staging / POINTER)
 
     def write(self) -> None:
-        write_json_atomic(self.manifest_path, self.data)
+        with self._lock:
+            write_json_atomic(self.manifest_path, self.data)
 
     def discover(self) -> Path | None:
-        """The run folder ms-swift created for this run, once it exists."""
-        if self.run_dir is not None:
-            return self.run_dir
+        """The run folder of this run, once ms-swift has named it (see :meth:`announce`)."""
+        return self.run_dir
+
+    def announce(self, line: str) -> None:
+        """Watch the command's output for the folder ms-swift says it writes to.
+
+        ms-swift prints `[INFO:swift] output_dir: PATH` as it creates the folder. Reading
+        it from this run's own output is exact even when several runs share an output_dir."""
+        if self.run_dir is not None or "output_dir: " not in line:
+            return
+        match = ANNOUNCE.search(line)
+        if match:
+            path = Path(match.group(1).strip())
+            path = path if path.is_absolute() else Path(self.data.get("cwd") or ".") / path
+            self.adopt(path)
+
+    def _scan(self) -> None:
+        """Fallback when the output never named the folder: the first new v<N>-... folder
+        that no other run has claimed."""
         if self.in_place:
-            if (self.output_dir / "logging.jsonl").exists() or (self.output_dir / "args.json").exists():
+            if (self.output_dir / "args.json").exists() or (self.output_dir / "logging.jsonl").exists():
                 self.adopt(self.output_dir)
-            return self.run_dir
+            return
         if not self.output_dir.is_dir():
-            return None
-        fresh = sorted(
+            return
+        for cand in sorted(
             p
             for p in self.output_dir.iterdir()
             if p.is_dir() and RUN_FOLDER.match(p.name) and p.name not in self._before
-        )
-        if fresh:
-            self.adopt(fresh[0])
-        return self.run_dir
+        ):
+            if not (cand / MANIFEST).exists():
+                self.adopt(cand)
+                return
 
     def adopt(self, run_dir: Path) -> None:
         """Move the log and manifest into the run folder; leave a pointer behind."""
-        old_log = self.staging / LOG
-        self.run_dir = run_dir
-        if old_log.exists():
-            os.replace(old_log, run_dir / LOG)  # the open log descriptor follows the file
-        self.data["run_dir"] = str(run_dir)
-        self.data["log"] = str(run_dir / LOG)
-        self.write()
-        write_json_atomic(self.staging / POINTER, {"moved_to": str(run_dir), "run_id": self.run_id})
+        with self._lock:
+            if self.run_dir is not None:
+                return
+            if (run_dir / MANIFEST).exists() or (run_dir / LOG).exists():
+                # Another run's record is there (a reused output_dir): keep both.
+                self.log_name = f"sftctl-{self.run_id}.log"
+                self.manifest_name = f"sftctl-manifest-{self.run_id}.json"
+            old_log = self.staging / LOG
+            self.run_dir = run_dir
+            if old_log.exists():
+                os.replace(old_log, self.log)  # the open log descriptor follows the file
+            self.data["run_dir"] = str(run_dir)
+            self.data["log"] = str(self.log)
+            self.write()
+            pointer = {"moved_to": str(run_dir), "manifest": str(self.manifest_path), "run_id": self.run_id}
+            write_json_atomic(self.staging / POINTER, pointer)
 
     def finish(self, **fields: Any) -> None:
-        self.discover()
+        if self.run_dir is None:
+            self._scan()
         self.data.update(fields)
         self.data["ended_at"] = now_iso()
         folder = self.run_dir
@@ -175,12 +208,16 @@ def base_manifest(**fields: Any) -> dict[str, Any]:
 
 def read_manifest(path: Path) -> tuple[Path, dict[str, Any]]:
     """The manifest of a run folder, a staging folder, or a manifest file; follows pointers."""
-    candidates = [path] if path.is_file() else [path / MANIFEST, path / POINTER]
+    if path.is_file():
+        candidates = [path]
+    else:
+        extra = sorted(path.glob("sftctl-manifest-*.json"), key=lambda p: p.stat().st_mtime)
+        candidates = [path / POINTER, *reversed(extra), path / MANIFEST]
     for cand in candidates:
         if cand.is_file():
             data: dict[str, Any] = json.loads(cand.read_text(encoding="utf-8"))
             if "moved_to" in data:
-                return read_manifest(Path(data["moved_to"]))
+                return read_manifest(Path(data.get("manifest") or data["moved_to"]))
             return cand, data
     from sftctl.errors import ConfigError, Problem
 
@@ -198,7 +235,7 @@ def read_manifest(path: Path) -> tuple[Path, dict[str, Any]]:
 def list_runs(output_dir: Path) -> list[dict[str, Any]]:
     """Every run sftctl recorded under ``output_dir``, oldest first."""
     seen: dict[str, dict[str, Any]] = {}
-    paths = list(output_dir.glob(f"*/{MANIFEST}")) + list(output_dir.glob(MANIFEST))
+    paths = [*output_dir.glob("*/sftctl-manifest*.json"), *output_dir.glob("sftctl-manifest*.json")]
     paths += list((output_dir / STAGING).glob(f"*/{POINTER}"))
     for path in paths:
         try:

@@ -29,7 +29,8 @@ PLACEHOLDER = re.compile(r"^<[A-Z][A-Z0-9_]*>$")
 MODEL_NAME_TEMPLATE = "<model-name>"
 # Environment variables through which trackers and hubs read their tokens.
 TOKEN_ENV = ("SWANLAB_API_KEY", "WANDB_API_KEY", "HF_TOKEN", "MODELSCOPE_API_TOKEN")
-_SECRET_ENV = re.compile(r"(TOKEN|API_KEY|SECRET|PASSWORD)", re.I)
+# A name part, not a substring: TOKENIZERS_PARALLELISM is no secret, HF_TOKEN is.
+_SECRET_ENV = re.compile(r"(^|_)(TOKEN|API_KEY|APIKEY|SECRET|PASSWORD|PASSWD)($|_)", re.I)
 FLASH_ATTN = ("flash_attn", "flash_attention_2", "flash_attention_3", "flash_attention_4", "flash_attn_3")
 # Values ms-swift checks in code rather than with argparse choices.
 TUNER_TYPES = (
@@ -180,11 +181,22 @@ def _apply_overrides(loaded: Loaded, ov: Overrides, cat: catalog.Catalog, proble
                 value = parse_set_value(None, text)
             set_path(loaded, key, value, "--set")
         else:
+            _drop_other_spellings(loaded, key)
             set_path(loaded, f"args.{key}", parse_set_value(_lookup(cat, key), text), "--set")
     if ov.gpus is not None:
         set_path(loaded, "launch.gpus", ov.gpus, "--gpus")
     if ov.model is not None:
         set_path(loaded, "args.model", ov.model, "--model")
+
+
+def _drop_other_spellings(loaded: Loaded, key: str) -> None:
+    """`--set train_type=lora` on a config that says tuner_type: the override replaces it."""
+    args = loaded.data.get("args")
+    if not isinstance(args, dict):
+        return
+    want = dialect.canonical(key.replace("-", "_"))
+    for other in [k for k in args if k != key and dialect.canonical(str(k).replace("-", "_")) == want]:
+        set_path(loaded, f"args.{other}", None, "--set")
 
 
 def _lookup(cat: catalog.Catalog, name: str) -> catalog.Argument | None:

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _GPU_ID = re.compile(r"^-?\d+$")
 _GPU_RANGE = re.compile(r"^(\d+)-(\d+)$")
 
@@ -75,6 +76,14 @@ class RunConfig(BaseModel):
     args: dict[str, Any] = Field(
         default_factory=dict, description="ms-swift arguments by their ms-swift names"
     )
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"'{name}' is not an environment variable name (letters, digits, _)")
+        return value
 
     @field_validator("env", mode="before")
     @classmethod
