@@ -13,10 +13,10 @@ import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from sftctl.errors import Problem
 from sftctl.resolve import FLASH_ATTN, Resolved
+from sftctl.values import as_texts
 
 DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt", ".arrow")
 _SAMPLE = re.compile(r"#\d+$")
@@ -45,12 +45,6 @@ def _installed(module: str) -> bool:
         return False
 
 
-def _as_list(value: Any) -> list[str]:
-    if value is None:
-        return []
-    return [str(v) for v in (value if isinstance(value, list) else [value])]
-
-
 def check(
     resolved: Resolved,
     env: Mapping[str, str],
@@ -62,7 +56,7 @@ def check(
     path_of = path_of or {}
     problems: list[Problem] = []
     for key in ("dataset", "val_dataset"):
-        for item in _as_list(resolved.args.get(key)):
+        for item in as_texts(resolved.args.get(key)):
             if item in path_of or item.startswith("builtin:"):
                 continue
             if is_local_ref(item):
@@ -104,7 +98,7 @@ def check(
                 "pip install 'sftctl[gpu]' (needs CUDA), or attn_impl: sdpa",
             )
         )
-    if "swanlab" in _as_list(resolved.args.get("report_to")):
+    if "swanlab" in as_texts(resolved.args.get("report_to")):
         wanted.append(("swanlab", "report_to", "pip install 'sftctl[swanlab]'"))
     for module, key, fix in wanted:
         if not _installed(module):

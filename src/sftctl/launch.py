@@ -26,6 +26,7 @@ from sftctl.record import (
 )
 from sftctl.resolve import Overrides, Resolved, resolve, resolve_loaded
 from sftctl.service import builtin_paths
+from sftctl.values import as_texts
 from sftctl.yamlio import dump, load_text
 
 # Variables a run inherits that would change what ms-swift does behind the config's back.
@@ -59,7 +60,7 @@ def _materialise(resolved: Resolved) -> dict[str, str]:
     refs = [
         v
         for key in ("model", "dataset")
-        for v in _as_list(resolved.args.get(key))
+        for v in as_texts(resolved.args.get(key))
         if v.startswith("builtin:")
     ]
     paths = builtin_paths(resolved)
@@ -69,12 +70,6 @@ def _materialise(resolved: Resolved) -> dict[str, str]:
         for ref in refs:
             paths[ref] = str(materialise(ref))
     return paths
-
-
-def _as_list(value: Any) -> list[str]:
-    if value is None:
-        return []
-    return [str(v) for v in (value if isinstance(value, list) else [value])]
 
 
 def _model_dir(resolved: Resolved, paths: Mapping[str, str], cwd: Path) -> Path | None:

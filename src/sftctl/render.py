@@ -14,7 +14,7 @@ from typing import Any
 
 from sftctl import __version__, catalog
 from sftctl.resolve import Resolved
-from sftctl.values import tokens
+from sftctl.values import as_texts, tokens
 from sftctl.yamlio import dump
 
 # Under torchrun, each rank runs `swift sft`; an inherited NPROC_PER_NODE or NNODES
@@ -116,8 +116,7 @@ def header_lines(resolved: Resolved) -> list[str]:
 
 def _reports_to(resolved: Resolved, tracker: str) -> bool:
     value = resolved.args.get("report_to")
-    values = value if isinstance(value, list) else [value]
-    return tracker in values
+    return tracker in as_texts(value)
 
 
 def to_sh(resolved: Resolved, cmd: Command) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sftctl.errors import ConfigError, Problem, SftctlError, UsageError
 from sftctl.resolve import Overrides, Resolved, resolve
+from sftctl.values import as_texts
 
 FORMATS = ("sh", "json", "swift-yaml")
 
@@ -50,8 +51,8 @@ def builtin_paths(resolved: Resolved) -> dict[str, str]:
 
 
 def _uses_builtins(resolved: Resolved) -> bool:
-    values = [v for value in resolved.args.values() for v in (value if isinstance(value, list) else [value])]
-    return any(isinstance(v, str) and v.startswith("builtin:") for v in values) or any(
+    values = [v for value in resolved.args.values() for v in as_texts(value)]
+    return any(v.startswith("builtin:") for v in values) or any(
         CACHE_PLACEHOLDER in v for v in resolved.config.env.values()
     )
 

@@ -143,6 +143,13 @@ def parse_set_value(arg: Argument | None, text: str) -> Any:
     return parse_scalar(text)
 
 
+def as_texts(value: Any) -> list[str]:
+    """A scalar or list argument as a list of strings; None as no value."""
+    if value is None:
+        return []
+    return [str(v) for v in (value if isinstance(value, list) else [value])]
+
+
 def token(value: Any) -> str:
     """The command-line token of one scalar value."""
     if isinstance(value, bool):
