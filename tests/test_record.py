@@ -102,3 +102,14 @@ def test_set_in_the_other_spelling_replaces_the_presets() -> None:
     assert r.args["tuner_type"] == "lora" and "train_type" not in r.args
     r = resolve("zero2-qwen3-8b", Overrides(sets=("tuner_type=lora",), swift_version="3"))
     assert r.args["train_type"] == "lora" and "tuner_type" not in r.args
+
+
+def test_a_folder_named_before_it_exists_is_taken_once_it_does(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    rec = _record(out, "early")
+    folder = out / "v0-20261129-100000"
+    rec.announce(f"[INFO:swift] output_dir: {folder}")  # printed before the mkdir
+    assert rec.discover() is None and rec.log == rec.staging / "sftctl.log"
+    folder.mkdir(parents=True)
+    assert rec.discover() == folder
+    assert (folder / "sftctl.log").read_text() == "output of early\n"

@@ -222,7 +222,7 @@ def run(
             )
     except OSError as exc:
         record.finish(status="failed to start", exit_code=None, error=str(exc))
-        raise LaunchError(f"could not start {cmd.argv[0]}: {exc.strerror or exc}") from None
+        raise LaunchError(f"could not run {cmd.argv[0]}: {exc}") from None
     wall = time.monotonic() - wall
     status = (
         "killed"

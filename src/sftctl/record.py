@@ -9,6 +9,7 @@ When ms-swift dies before creating it, they stay in the staging folder.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -96,6 +97,7 @@ class RunRecord:
     manifest_name: str = MANIFEST
     jsonl_offset: int = 0  # logging.jsonl bytes of an earlier run in the same folder
     _before: set[str] = field(default_factory=set)
+    _announced: Path | None = None
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     @classmethod
@@ -130,7 +132,9 @@ class RunRecord:
             write_json_atomic(self.manifest_path, self.data)
 
     def discover(self) -> Path | None:
-        """The run folder of this run, once ms-swift has named it (see :meth:`announce`)."""
+        """The run folder of this run, once ms-swift has named and created it."""
+        if self.run_dir is None and self._announced is not None and self._announced.is_dir():
+            self.adopt(self._announced)
         return self.run_dir
 
     def announce(self, line: str) -> None:
@@ -141,10 +145,12 @@ class RunRecord:
         if self.run_dir is not None or "output_dir: " not in line:
             return
         match = ANNOUNCE.search(line)
-        if match:
+        if match and self._announced is None:
             path = Path(match.group(1).strip())
-            path = path if path.is_absolute() else Path(self.data.get("cwd") or ".") / path
-            self.adopt(path)
+            # ms-swift may print the name a moment before it creates the folder.
+            self._announced = path if path.is_absolute() else Path(self.data.get("cwd") or ".") / path
+            with contextlib.suppress(OSError):  # the progress thread or finish() retries
+                self.discover()
 
     def _scan(self) -> None:
         """Fallback when the output never named the folder: the first new v<N>-... folder
@@ -184,7 +190,7 @@ class RunRecord:
             write_json_atomic(self.staging / POINTER, pointer)
 
     def finish(self, **fields: Any) -> None:
-        if self.run_dir is None:
+        if self.discover() is None:
             self._scan()
         self.data.update(fields)
         self.data["ended_at"] = now_iso()
