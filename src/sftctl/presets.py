@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
+import sys
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -61,6 +62,9 @@ def user_preset_dir() -> Path:
     env = os.environ.get("SFTCTL_PRESETS")
     if env:
         return Path(env)
+    if sys.platform.startswith("linux"):
+        # What platformdirs answers on Linux, without importing it on every start-up.
+        return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "sftctl" / "presets"
     from platformdirs import user_config_dir
 
     return Path(user_config_dir("sftctl")) / "presets"

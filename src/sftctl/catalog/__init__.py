@@ -39,10 +39,11 @@ class Catalog:
 
     major: int
     swift_version: str
-    arguments: dict[str, Argument]
+    arguments: dict[str, dict[str, Any]]  # name -> the raw spec; see :meth:`get`
 
     def get(self, name: str) -> Argument | None:
-        return self.arguments.get(name)
+        spec = self.arguments.get(name)
+        return None if spec is None else _argument(name, spec)
 
     def __contains__(self, name: object) -> bool:
         return name in self.arguments
@@ -54,6 +55,20 @@ class Catalog:
     def expansions(self, name: str) -> list[str]:
         """Names argparse would accept ``name`` as an abbreviation of."""
         return sorted(a for a in self.arguments if a.startswith(name) and a != name)
+
+
+def _argument(name: str, spec: dict[str, Any]) -> Argument:
+    # Built on demand: a config names a few dozen of the ~330 arguments.
+    choices = spec.get("choices")
+    return Argument(
+        name=name,
+        flags=tuple(spec.get("flags", ())),
+        type=spec.get("type", "str"),
+        nargs=spec.get("nargs"),
+        choices=tuple(str(c) for c in choices) if choices else None,
+        default=spec.get("default"),
+        help=spec.get("help") or "",
+    )
 
 
 @cache
@@ -69,19 +84,9 @@ def load(major: int) -> Catalog:
             f"no usable argument catalog for ms-swift {major}.x ({exc}); "
             "reinstall sftctl (fix: pip install --force-reinstall sftctl)"
         ) from None
-    args = {
-        name: Argument(
-            name=name,
-            flags=tuple(spec.get("flags", ())),
-            type=spec.get("type", "str"),
-            nargs=spec.get("nargs"),
-            choices=tuple(str(c) for c in spec["choices"]) if spec.get("choices") else None,
-            default=spec.get("default"),
-            help=spec.get("help") or "",
-        )
-        for name, spec in raw["arguments"].items()
-    }
-    return Catalog(major=int(raw["major"]), swift_version=str(raw["swift_version"]), arguments=args)
+    return Catalog(
+        major=int(raw["major"]), swift_version=str(raw["swift_version"]), arguments=raw["arguments"]
+    )
 
 
 @cache
