@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import sftctl_exe
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -29,14 +29,6 @@ VALID = MINIMAL_ARGS + ONE_GPU
 
 SECRET_TOKEN = "sk-abc123SECRETvalue"
 SECRET_ENV = "x-SECRET-wandb-9f8e7d"
-
-
-def _exe() -> list[str]:
-    beside = Path(sys.executable).parent / "sftctl"
-    if beside.exists():
-        return [str(beside)]
-    found = shutil.which("sftctl")
-    return [found] if found else [sys.executable, "-m", "sftctl"]
 
 
 @dataclass
@@ -72,7 +64,7 @@ def sftctl(args: Sequence[str], cwd: Path, **env_extra: str) -> Result:
     env = _env(cwd)
     env.update(env_extra)
     proc = subprocess.run(
-        [*_exe(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+        [*sftctl_exe(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
     )
     return Result(proc.returncode, proc.stdout + proc.stderr)
 
@@ -242,8 +234,7 @@ CASES: list[tuple[str, str, tuple[str, ...], tuple[str, ...]]] = [
     ),
     (
         "layout_zero2_device_map.yaml",
-        MINIMAL_ARGS
-        + '  deepspeed: zero2\nlaunch:\n  gpus: "0,1,2,3,4,5,6,7"\n  nproc_per_node: 4\n',
+        MINIMAL_ARGS + '  deepspeed: zero2\nlaunch:\n  gpus: "0,1,2,3,4,5,6,7"\n  nproc_per_node: 4\n',
         ("launch.nproc_per_node", "device_map", "deepspeed"),
         ("8",),
     ),
@@ -303,9 +294,9 @@ def batch(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Res
     if res.rc not in (0, 1) or "Traceback" in res.out:
         # blame the right file: one call each
         per_file = {n: sftctl(["validate", n], folder) for n in names}
-        return folder, {
-            n: Result(r.rc, "\n".join(r.lines_for(n)) or r.out) for n, r in per_file.items()
-        } | {"": res}
+        return folder, {n: Result(r.rc, "\n".join(r.lines_for(n)) or r.out) for n, r in per_file.items()} | {
+            "": res
+        }
     return folder, {n: Result(res.rc, "\n".join(res.lines_for(n))) for n in names} | {"": res}
 
 
@@ -342,9 +333,7 @@ def test_batch_output_never_echoes_secrets(batch: tuple[Path, dict[str, Result]]
 
 def test_valid_config_passes(tmp_path: Path) -> None:
     write(tmp_path, "ok.yaml", VALID)
-    res = sftctl(
-        ["validate", "ok.yaml", "lora-7b", "--model", "Qwen/Qwen2.5-7B-Instruct"], tmp_path
-    )
+    res = sftctl(["validate", "ok.yaml", "lora-7b", "--model", "Qwen/Qwen2.5-7B-Instruct"], tmp_path)
     assert res.rc == 0, res.out
     assert "ok.yaml: ok" in res.out and "lora-7b: ok" in res.out
     assert "Traceback" not in res.out
@@ -372,9 +361,7 @@ def test_file_that_is_not_utf8(
     assert_problem(res.out, "enc.yaml", "UTF-8")
 
 
-def test_mapping_key_that_is_a_list(
-    tmp_path: Path, commands: set[str], preset_names: set[str]
-) -> None:
+def test_mapping_key_that_is_a_list(tmp_path: Path, commands: set[str], preset_names: set[str]) -> None:
     write(tmp_path, "complex_key.yaml", MINIMAL_ARGS + "  ? [a]\n  : 1\n" + ONE_GPU)
     res = sftctl(["validate", "complex_key.yaml"], tmp_path)
     assert_sound(res, commands, preset_names)
@@ -404,16 +391,12 @@ def test_shape_error_hint_works_on_the_broken_config(tmp_path: Path) -> None:
     hint = " ".join(fixes(res.out))
     if "sftctl show" in hint:
         shown = sftctl(["show", "np.yaml"], tmp_path)
-        assert shown.rc == 0, (
-            f"hint {hint!r} points at 'sftctl show', which fails too:\n{shown.out}"
-        )
+        assert shown.rc == 0, f"hint {hint!r} points at 'sftctl show', which fails too:\n{shown.out}"
     else:
         assert re.search(r"\d|integer|whole number", hint), hint
 
 
-def test_gpu_range_is_not_misread(
-    tmp_path: Path, commands: set[str], preset_names: set[str]
-) -> None:
+def test_gpu_range_is_not_misread(tmp_path: Path, commands: set[str], preset_names: set[str]) -> None:
     """`gpus: 0-7` either means GPUs 0..7 or is rejected naming '0-7'; never GPU -7."""
     write(tmp_path, "range.yaml", MINIMAL_ARGS + "launch:\n  gpus: 0-7\n")
     res = sftctl(["render", "range.yaml", "--format", "json"], tmp_path)
@@ -465,9 +448,7 @@ def test_render_unknown_preset_lists_near_names(
     assert_problem(res.out, "zero2-qwen3-8", fix=("zero2-qwen3-8b",))
 
 
-def test_render_preset_without_model(
-    tmp_path: Path, commands: set[str], preset_names: set[str]
-) -> None:
+def test_render_preset_without_model(tmp_path: Path, commands: set[str], preset_names: set[str]) -> None:
     res = sftctl(["render", "lora-7b"], tmp_path)
     assert_sound(res, commands, preset_names)
     assert res.rc == 1, res.out
@@ -522,9 +503,7 @@ def test_unknown_format_is_a_usage_error(tmp_path: Path) -> None:
 # validate --host
 
 
-def test_host_checks_local_paths_only(
-    tmp_path: Path, commands: set[str], preset_names: set[str]
-) -> None:
+def test_host_checks_local_paths_only(tmp_path: Path, commands: set[str], preset_names: set[str]) -> None:
     data = VALID.replace("dataset: org/data", "dataset: {}")
     write(tmp_path, "missing_file.yaml", data.format("./data/missing.jsonl"))
     write(tmp_path, "missing_sampled.yaml", data.format("'missing.jsonl#100'"))
@@ -551,6 +530,4 @@ def test_host_checks_local_paths_only(
     assert_problem(res.lines_for("missing_sampled.yaml"), "args.dataset", "missing.jsonl#100")
     assert_problem(res.lines_for("missing_model.yaml"), "args.model", "./models/none")
     # a hub id is not a local path: never reported as missing
-    assert "org/name" not in "\n".join(
-        res.lines_for("hub_only.yaml") + res.lines_for("missing_model.yaml")
-    )
+    assert "org/name" not in "\n".join(res.lines_for("hub_only.yaml") + res.lines_for("missing_model.yaml"))

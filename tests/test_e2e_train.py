@@ -120,11 +120,9 @@ def _stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
         return proc.communicate()
 
 
-def sftctl_cmd(cwd: Path, env: dict[str, str], *args: str, timeout: float = RUN_S) -> Result:
-    """Run `sftctl ARGS` in `cwd` and wait for it."""
-    argv = [*sftctl_exe(), *args]
-    start = time.monotonic()
-    proc = subprocess.Popen(
+def _start(argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """Start sftctl as from a terminal, its output captured."""
+    return subprocess.Popen(
         argv,
         cwd=cwd,
         env=env,
@@ -134,6 +132,13 @@ def sftctl_cmd(cwd: Path, env: dict[str, str], *args: str, timeout: float = RUN_
         text=True,
         preexec_fn=default_signals,
     )
+
+
+def sftctl_cmd(cwd: Path, env: dict[str, str], *args: str, timeout: float = RUN_S) -> Result:
+    """Run `sftctl ARGS` in `cwd` and wait for it."""
+    argv = [*sftctl_exe(), *args]
+    start = time.monotonic()
+    proc = _start(argv, cwd, env)
     out, err = _finish(proc, timeout)
     return Result(
         argv, cwd, Path(env["HOME"]), proc.returncode, out, err, time.monotonic() - start, _ticks_now()
@@ -248,16 +253,7 @@ def stopped(e2e_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Traine
     env = make_env(e2e_cache, home)
     argv = [*sftctl_exe(), "run", "cpu-smoke", *SAVE4]
     start = time.monotonic()
-    proc = subprocess.Popen(
-        argv,
-        cwd=work,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=default_signals,
-    )
+    proc = _start(argv, work, env)
     output_dir = work / "output" / "cpu-smoke"
     deadline = start + RUN_S
     try:

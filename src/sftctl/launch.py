@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sftctl import envvars, gpus, hostcheck, preflight, render, supervise
-from sftctl.errors import ConfigError, LaunchError, Problem, RefusedError
+from sftctl.errors import LaunchError, Problem, RefusedError
 from sftctl.presets import Loaded
 from sftctl.record import (
     RunRecord,
@@ -173,7 +173,7 @@ def run(
     for warning in warnings:
         _say(f"warning: {warning}")
     if opts.detach:
-        return _detach(target, overrides, opts, output_dir, loaded)
+        return _detach(target, overrides, opts, output_dir)
 
     record = RunRecord.create(
         output_dir,
@@ -293,9 +293,7 @@ def _summary(record: RunRecord, outcome: supervise.Outcome, stats: Any, wall: fl
     _say("\n".join(lines))
 
 
-def _detach(
-    target: str, overrides: Overrides, opts: RunOptions, output_dir: Path, loaded: Loaded | None
-) -> int:
+def _detach(target: str, overrides: Overrides, opts: RunOptions, output_dir: Path) -> int:
     """Start `sftctl run` again in its own session, so the run survives this terminal."""
     from sftctl.record import POINTER, STAGING, new_run_id, write_json_if_absent
 
@@ -314,8 +312,6 @@ def _detach(
         "--grace",
         str(opts.grace),
     ]
-    if loaded is not None:
-        raise ConfigError("--detach is not available for resume; run it in a terminal multiplexer")
     for item in overrides.sets:
         argv += ["--set", item]
     for flag, value in (
