@@ -75,15 +75,11 @@ def main() -> None:
                 )
                 with_sftctl.append(time.perf_counter() - start)
             else:
-                out = subprocess.run(
-                    doc["argv"], cwd=folder, env=by_hand_env, capture_output=True, text=True
-                )
+                out = subprocess.run(doc["argv"], cwd=folder, env=by_hand_env, capture_output=True, text=True)
                 by_hand.append(time.perf_counter() - start)
             if out.returncode != 0:
                 sys.exit(f"{kind} run {i} failed ({out.returncode}):\n{out.stderr[-3000:]}")
-        print(
-            f"pair {i + 1}: sftctl {with_sftctl[-1]:.2f} s, by hand {by_hand[-1]:.2f} s", flush=True
-        )
+        print(f"pair {i + 1}: sftctl {with_sftctl[-1]:.2f} s, by hand {by_hand[-1]:.2f} s", flush=True)
 
     ms, mh = statistics.median(with_sftctl), statistics.median(by_hand)
     overhead = statistics.median(a - b for a, b in zip(with_sftctl, by_hand, strict=True))

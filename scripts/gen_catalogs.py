@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerate the ms-swift argument catalogs in src/sftctl/catalog/data/.
+"""Regenerate the ms-swift argument catalogs in src/sftctl/swift/data/.
 
 Developer tool, not run in CI (needs PyPI and ~3 min + ~2 GB per version):
 
@@ -10,7 +10,7 @@ Developer tool, not run in CI (needs PyPI and ~3 min + ~2 GB per version):
 
 For each pinned ms-swift release it makes a scratch venv, installs torch==2.13.0
 FIRST (the CPU wheel; an unpinned torch pulls a multi-GB CUDA build), then
-ms-swift==X, and runs ``python -m sftctl.catalog.dump`` with PYTHONPATH=src
+ms-swift==X, and runs ``python -m sftctl.swift.dump`` with PYTHONPATH=src
 (sftctl itself is not installed there) in a clean, fixed environment: offline,
 HOME and the caches in the scratch dir, PYTHONHASHSEED=0, cwd = the scratch dir.
 """
@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "src" / "sftctl" / "catalog" / "data"
+DATA = ROOT / "src" / "sftctl" / "swift" / "data"
 TORCH = "torch==2.13.0"
 VERSIONS = {"4": "4.6.0", "3": "3.12.6"}
 
@@ -71,7 +71,7 @@ def build(major: str, root: Path) -> Path:
     }
     out = DATA / f"swift{major}.json"
     tmp_out = work / out.name
-    _run([str(py), "-m", "sftctl.catalog.dump", str(tmp_out)], log, env=env, cwd=work)
+    _run([str(py), "-m", "sftctl.swift.dump", str(tmp_out)], log, env=env, cwd=work)
     text = tmp_out.read_text(encoding="utf-8")
     for leak in {str(root), str(ROOT), str(home), os.path.expanduser("~")}:
         if leak in text:
@@ -81,9 +81,7 @@ def build(major: str, root: Path) -> Path:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("majors", nargs="*", metavar="MAJOR", help="3 and/or 4 (default: both)")
     ap.add_argument("--venv-root", type=Path, help="where the venvs go (kept); default a temp dir")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")

@@ -151,9 +151,7 @@ def test_build_is_deterministic(model_dir: Path, tmp_path: Path) -> None:
     assert _files(again) == _files(model_dir)
 
 
-def test_materialise_reuses_complete_build(
-    model_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_materialise_reuses_complete_build(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     before = {p.name: p.stat().st_mtime_ns for p in model_dir.iterdir()}
 
     def no_build(dest: Path) -> Path:

@@ -12,10 +12,10 @@ import pytest
 from conftest import REPO, clean_env
 from typer.testing import CliRunner
 
-from sftctl import catalog, dialect
 from sftctl.cli import app
+from sftctl.swift import catalog, dialect
 
-DATA = REPO / "src" / "sftctl" / "catalog" / "data"
+DATA = REPO / "src" / "sftctl" / "swift" / "data"
 
 
 @pytest.mark.swift
@@ -24,7 +24,7 @@ def test_shipped_4x_catalog_equals_a_live_dump(tmp_path: Path) -> None:
     pytest.importorskip("swift", reason="ms-swift not installed")
     out = tmp_path / "live.json"
     subprocess.run(
-        [sys.executable, "-m", "sftctl.catalog.dump", str(out)],
+        [sys.executable, "-m", "sftctl.swift.dump", str(out)],
         check=True,
         timeout=240,
         capture_output=True,
@@ -60,9 +60,7 @@ def test_each_rename_renders_in_the_target_spelling(
         cfg = tmp_path / f"{written}.yaml"
         cfg.write_text(f"launch: {{gpus: '0'}}\nargs:\n  model: o/m\n  {written}: {value}\n")
         for major, spelled in (("3", old), ("4", new)):
-            out = cli.invoke(
-                app, ["render", str(cfg), "--format", "json", "--swift-version", major]
-            )
+            out = cli.invoke(app, ["render", str(cfg), "--format", "json", "--swift-version", major])
             assert out.exit_code == 0, out.output
             argv = json.loads(out.stdout)["argv"]
             assert argv[argv.index(f"--{spelled}") + 1] == value

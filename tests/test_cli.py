@@ -52,9 +52,7 @@ def test_version_from_environment_and_config(
     cfg = write("v3.yaml", "extends: zero2-qwen3-8b\nswift_version: 3\n")
     out = cli.invoke(app, ["render", str(cfg), "--format", "json"])
     assert "--train_type" in json.loads(out.stdout)["argv"]
-    out = cli.invoke(
-        app, ["render", str(cfg), "--format", "json"], env={"SFTCTL_SWIFT_VERSION": "4"}
-    )
+    out = cli.invoke(app, ["render", str(cfg), "--format", "json"], env={"SFTCTL_SWIFT_VERSION": "4"})
     assert "--tuner_type" in json.loads(out.stdout)["argv"]
     out = cli.invoke(
         app,
@@ -119,9 +117,7 @@ def test_json_shape_and_unset_for_torchrun(cli: CliRunner) -> None:
 
 
 def test_single_process_renders_no_nproc(cli: CliRunner) -> None:
-    doc = json.loads(
-        cli.invoke(app, ["render", "lora-7b", "--model", "o/m", "--format", "json"]).stdout
-    )
+    doc = json.loads(cli.invoke(app, ["render", "lora-7b", "--model", "o/m", "--format", "json"]).stdout)
     assert "NPROC_PER_NODE" not in doc["env"]
     assert "NPROC_PER_NODE" in doc["unset"]
     script = cli.invoke(app, ["render", "lora-7b", "--model", "o/m"]).stdout
@@ -159,9 +155,7 @@ def test_show_reports_origin_batch_and_layout(cli: CliRunner) -> None:
     text = out.stdout
     assert "learning_rate: 1e-4  # base-full-qwen3-8b" in text
     assert "swanlab_exp_name: ddp-mp_Qwen3-8B  # ddp-device_map-qwen3-8b" in text
-    assert (
-        "effective batch: 16 per device x 4 process(es) x 2 accumulation x 1 node(s) = 128" in text
-    )
+    assert "effective batch: 16 per device x 4 process(es) x 2 accumulation x 1 node(s) = 128" in text
     assert "DDP over 4 processes, each splitting the model over 2 GPUs with device_map" in text
 
 
@@ -173,9 +167,7 @@ def test_presets_lists_every_config_file(cli: CliRunner) -> None:
     assert "zero2-qwen3-8b" in table and "builtin" in table
 
 
-def test_user_presets_are_listed_and_usable(
-    cli: CliRunner, tmp_path: Path, monkeypatch: object
-) -> None:
+def test_user_presets_are_listed_and_usable(cli: CliRunner, tmp_path: Path, monkeypatch: object) -> None:
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / "my-zero2.yaml").write_text(

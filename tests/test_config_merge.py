@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from sftctl.envvars import MARK, PLUGINS_VAR
+from sftctl.config.resolve import Overrides, resolve
 from sftctl.errors import ConfigError
-from sftctl.launch import child_env
-from sftctl.render import Command
-from sftctl.resolve import Overrides, resolve
+from sftctl.launchers import Command
+from sftctl.runtime.launch import child_env
+from sftctl.util.envvars import MARK, PLUGINS_VAR
 
 
 def test_extends_merges_deeply_child_wins_lists_replace_null_removes(
@@ -122,17 +122,13 @@ def test_layout_modes(gpus: str, nproc: int, extra: dict[str, object], mode: str
 
 def test_layout_uses_inherited_gpus_when_config_has_none(write: Callable[[str, str], Path]) -> None:
     cfg = write("c.yaml", "launch: {nproc_per_node: 2}\nargs: {model: o/m, deepspeed: zero2}\n")
-    assert (
-        resolve(str(cfg), Overrides(swift_version="4"), visible=[0, 1]).layout.mode == "deepspeed"
-    )
+    assert resolve(str(cfg), Overrides(swift_version="4"), visible=[0, 1]).layout.mode == "deepspeed"
     with pytest.raises(ConfigError, match="needs exactly one process per visible GPU"):
         resolve(str(cfg), Overrides(swift_version="4"), visible=[0, 1, 2, 3])
 
 
 def test_child_env_is_the_users_plus_the_command() -> None:
-    cmd = Command(
-        env={"CUDA_VISIBLE_DEVICES": "0"}, argv=["swift", "sft"], unset=["NPROC_PER_NODE"]
-    )
+    cmd = Command(env={"CUDA_VISIBLE_DEVICES": "0"}, argv=["swift", "sft"], unset=["NPROC_PER_NODE"])
     env = {
         "PATH": "/usr/bin",
         "NPROC_PER_NODE": "8",

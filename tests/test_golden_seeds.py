@@ -393,9 +393,9 @@ def test_version_spelling(cli: CliRunner, seed: Seed, version: str) -> None:
 def test_seed_flags_exist_in_catalog(seed: Seed, version: str) -> None:
     """No rename but train_type/tuner_type applies: every seed flag, spelled for the
     version, is an argument of that version's shipped catalog."""
-    path = resources.files("sftctl.catalog.data").joinpath(f"swift{version}.json")
+    path = resources.files("sftctl.swift.data").joinpath(f"swift{version}.json")
     assert path.is_file(), (
-        f"no ms-swift {version}.x catalog shipped (src/sftctl/catalog/data/swift{version}.json)"
+        f"no ms-swift {version}.x catalog shipped (src/sftctl/swift/data/swift{version}.json)"
     )
     names = set(json.loads(path.read_text(encoding="utf-8"))["arguments"])
     wanted = {f[2:] for f in expected_flags(seed, version)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sftctl.gpus import visible_gpus
+from sftctl.resources.gpus import visible_gpus
 
 
 def _fake_nvidia_smi(tmp_path: Path, ids: list[int]) -> str:

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from sftctl.assets import builtin_paths
 from sftctl.cli import app
-from sftctl.resolve import Overrides, resolve
-from sftctl.service import builtin_paths
+from sftctl.config.resolve import Overrides, resolve
 
 pytestmark = pytest.mark.swift
 
@@ -72,8 +72,7 @@ def _render(preset: str) -> tuple[dict[str, Any], str | None]:
         model = SOME_MODEL
         result = _runner().invoke(app, [*base, "--model", model])
     assert result.exit_code == 0, (
-        f"render {preset} exited {result.exit_code}\nstderr: {result.stderr}\n"
-        f"exception: {result.exception!r}"
+        f"render {preset} exited {result.exit_code}\nstderr: {result.stderr}\nexception: {result.exception!r}"
     )
     return json.loads(result.stdout), model
 

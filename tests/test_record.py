@@ -11,9 +11,9 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from sftctl.cli import app
-from sftctl.record import RunRecord, list_runs, read_manifest
-from sftctl.resolve import Overrides, resolve
-from sftctl.supervise import proc_ref
+from sftctl.config.resolve import Overrides, resolve
+from sftctl.runtime.record import RunRecord, list_runs, read_manifest
+from sftctl.runtime.supervise import proc_ref
 
 
 def _record(output_dir: Path, run_id: str, in_place: bool = False) -> RunRecord:

@@ -72,9 +72,7 @@ def test_output_dir_holding_another_runs_checkpoints(
     old.mkdir(parents=True)
     (old / "model.safetensors").write_bytes(b"weights of another run")
     out = _run(work, env, "cpu-smoke", "--set", "add_version=false", "--set", "output_dir=out")
-    _refused(
-        out, marker, "args.output_dir", "already holds checkpoints", "checkpoint-8", "--resume"
-    )
+    _refused(out, marker, "args.output_dir", "already holds checkpoints", "checkpoint-8", "--resume")
     assert (old / "model.safetensors").read_bytes() == b"weights of another run"
 
 
@@ -89,9 +87,7 @@ def busy_port() -> Iterator[int]:
 def test_busy_fixed_port(sandbox: tuple[Path, dict[str, str], Path], busy_port: int) -> None:
     work, env, marker = sandbox
     out = _run(work, env, "cpu-smoke-ddp", "--set", f"launch.master_port={busy_port}")
-    _refused(
-        out, marker, "launch.master_port", f"port {busy_port} is already in use", "pick a free port"
-    )
+    _refused(out, marker, "launch.master_port", f"port {busy_port} is already in use", "pick a free port")
 
 
 def test_two_processes_without_gpu_or_use_cpu(sandbox: tuple[Path, dict[str, str], Path]) -> None:

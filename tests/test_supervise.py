@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import sftctl
-from sftctl.supervise import (
+from sftctl.runtime.supervise import (
     descendants_of,
     find_free_port,
     port_in_use,
@@ -133,9 +133,7 @@ def test_death_by_signal_is_128_plus_n() -> None:
     assert (out.returncode, out.signal, out.killed) == (128 + 9, None, False)
 
 
-def test_output_reaches_log_and_on_line_in_order(
-    tmp_path: Path, capfd: pytest.CaptureFixture[str]
-) -> None:
+def test_output_reaches_log_and_on_line_in_order(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     log = tmp_path / "logs" / "run.log"
     log.parent.mkdir()
     log.write_bytes(b"earlier\n")  # appended to, never truncated
@@ -168,9 +166,7 @@ def test_forwarded_signal_stops_the_whole_tree(
     assert [m for m in members if running(*m)] == []
 
 
-def test_tree_ignoring_sigterm_is_killed_after_grace(
-    tmp_path: Path, members: list[tuple[int, int]]
-) -> None:
+def test_tree_ignoring_sigterm_is_killed_after_grace(tmp_path: Path, members: list[tuple[int, int]]) -> None:
     driver = start_driver(tmp_path, members, 1.0, "--ignore-term")
     t0 = time.monotonic()
     driver.send_signal(signal.SIGTERM)

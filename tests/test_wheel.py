@@ -56,21 +56,17 @@ def test_wheel_ships_presets_and_catalogs(tmp_path: Path) -> None:
         return out.stdout
 
     listed = json.loads(sftctl("presets", "--json"))
-    assert sorted(p["name"] for p in listed) == sorted(
-        p.stem for p in (REPO / "configs").glob("*.yaml")
-    )
+    assert sorted(p["name"] for p in listed) == sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
     assert all(p["location"].startswith("sftctl/configs/") for p in listed)
     for major in ("3", "4"):
-        doc = json.loads(
-            sftctl("render", "zero2-qwen3-8b", "--format", "json", "--swift-version", major)
-        )
+        doc = json.loads(sftctl("render", "zero2-qwen3-8b", "--format", "json", "--swift-version", major))
         assert ("--train_type" if major == "3" else "--tuner_type") in doc["argv"]
-    shipped = {p.name for p in (REPO / "src/sftctl/catalog/data").glob("*.json")}
+    shipped = {p.name for p in (REPO / "src/sftctl/swift/data").glob("*.json")}
     site = subprocess.run(
         [
             str(venv / "bin" / "python"),
             "-c",
-            "import sftctl.catalog.data as d, os; print(os.path.dirname(d.__file__))",
+            "import sftctl.swift.data as d, os; print(os.path.dirname(d.__file__))",
         ],
         capture_output=True,
         text=True,

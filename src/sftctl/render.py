@@ -1,103 +1,25 @@
-"""Pure rendering: a validated run -> the command (env, argv, unset), and its text forms.
+"""Pure rendering: a validated run and its Command -> sh, json or swift-yaml text.
 
-The renderer returns argv lists, never a shell string; ``to_sh`` quotes every token
+The launchers build argv lists, never a shell string; ``to_sh`` quotes every token
 with shlex so ``bash script`` runs exactly that argv.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import shlex
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from sftctl import __version__, catalog
-from sftctl.resolve import Resolved
-from sftctl.values import as_texts, tokens
-from sftctl.yamlio import dump
+from sftctl import __version__
+from sftctl.config.resolve import Resolved
+from sftctl.config.yamlio import dump
+from sftctl.errors import ConfigError, Problem
+from sftctl.launchers import Command
+from sftctl.swift.values import as_texts
 
-# Under torchrun, each rank runs `swift sft`; an inherited NPROC_PER_NODE or NNODES
-# would make every rank start a nested torchrun.
-TORCHRUN_UNSET = ("NPROC_PER_NODE", "NNODES")
-
-
-@dataclass(frozen=True)
-class Command:
-    """The exact command: environment to set, variables to remove, and argv."""
-
-    env: dict[str, str]
-    argv: list[str]
-    unset: list[str] = field(default_factory=list)
-
-    def apply_env(self, base: Mapping[str, str]) -> dict[str, str]:
-        """The child's environment: ``base`` less ``unset``, plus ``env``."""
-        out = {k: v for k, v in base.items() if k not in self.unset}
-        out.update(self.env)
-        return out
-
-
-def swift_args(resolved: Resolved, path_of: Mapping[str, str] | None = None) -> list[str]:
-    """``--name value...`` tokens for every argument, in config order."""
-    cat = catalog.load(resolved.major)
-    out: list[str] = []
-    for name, value in resolved.args.items():
-        if value is None:
-            continue
-        if path_of:
-            value = _substitute(value, path_of)
-        arg = cat.get(name)
-        out.append(f"--{name}")
-        out.extend(tokens(value, arg.is_list if arg else isinstance(value, list)))
-    return out
-
-
-def _substitute(value: Any, path_of: Mapping[str, str]) -> Any:
-    if isinstance(value, str):
-        return path_of.get(value, value)
-    if isinstance(value, list):
-        return [path_of.get(v, v) if isinstance(v, str) else v for v in value]
-    return value
-
-
-def _expand_env(value: str, path_of: Mapping[str, str]) -> str:
-    for key, path in path_of.items():
-        if key.startswith("<"):
-            value = value.replace(key, path)
-    return value
-
-
-def command(
-    resolved: Resolved, path_of: Mapping[str, str] | None = None, master_port: int | None = None
-) -> Command:
-    """Render the launch command. ``path_of`` maps builtin refs to local paths;
-    ``master_port`` is the port chosen at launch when the config fixes none."""
-    launch = resolved.config.launch
-    env: dict[str, str] = {}
-    unset: list[str] = []
-    if launch.gpus is not None:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in launch.gpus)
-    port = launch.master_port or master_port
-    flags = swift_args(resolved, path_of)
-    if launch.launcher == "torchrun":
-        unset.extend(TORCHRUN_UNSET)
-        argv = ["torchrun", f"--nproc_per_node={launch.nproc_per_node}"]
-        if port:
-            argv.append(f"--master_port={port}")
-        argv += ["--no_python", "swift", "sft", *flags]
-    else:
-        if launch.nproc_per_node > 1:
-            env["NPROC_PER_NODE"] = str(launch.nproc_per_node)
-            if port:
-                env["MASTER_PORT"] = str(port)
-        else:
-            # One process: an inherited NPROC_PER_NODE would switch ms-swift to torchrun.
-            unset.append("NPROC_PER_NODE")
-        if launch.nnodes == 1:
-            unset.append("NNODES")
-        argv = ["swift", "sft", *flags]
-    env.update({k: _expand_env(v, path_of or {}) for k, v in resolved.config.env.items()})
-    return Command(env=env, argv=argv, unset=unset)
+FORMATS = ("sh", "json", "swift-yaml")
 
 
 def header_lines(resolved: Resolved) -> list[str]:
@@ -180,3 +102,27 @@ def to_swift_yaml(resolved: Resolved, cmd: Command) -> str:
     if cmd.unset:
         head.append(f"# with {', '.join(cmd.unset)} unset")
     return "\n".join(head) + "\n" + dump(dict(resolved.args))
+
+
+def text(resolved: Resolved, cmd: Command, fmt: str) -> str:
+    """``cmd`` in one of :data:`FORMATS` (checked by the caller)."""
+    if fmt == "json":
+        return to_json(resolved, cmd)
+    if fmt == "swift-yaml":
+        return to_swift_yaml(resolved, cmd)
+    return to_sh(resolved, cmd)
+
+
+def check_drift(path: Path, text: str) -> None:
+    """Raise when ``path`` differs from ``text`` (the rendering), with a diff."""
+    try:
+        current = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            problems=[Problem(str(path), f"cannot read: {exc.strerror}", "render it once with -o FILE")]
+        ) from None
+    if current != text:
+        diff = "".join(
+            difflib.unified_diff(current.splitlines(True), text.splitlines(True), str(path), "rendered")
+        )
+        raise ConfigError(f"{path}: differs from the rendering (fix: re-render with -o {path})\n{diff}")

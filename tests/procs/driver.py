@@ -13,7 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
-from sftctl.supervise import FORWARDED_SIGNALS, run_supervised
+from sftctl.runtime.supervise import FORWARDED_SIGNALS, run_supervised
 
 
 def main() -> int:

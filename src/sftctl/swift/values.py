@@ -10,8 +10,8 @@ import json
 import re
 from typing import Any
 
-from sftctl.catalog import Argument
-from sftctl.yamlio import WrittenFloat, parse_scalar
+from sftctl.config.yamlio import WrittenFloat, parse_scalar
+from sftctl.swift.catalog import Argument
 
 # What transformers' string_to_bool accepts, in either case.
 _TRUE = {"true", "yes", "t", "y", "1"}

@@ -14,9 +14,9 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from sftctl.config.resolve import FLASH_ATTN, Resolved
 from sftctl.errors import Problem
-from sftctl.resolve import FLASH_ATTN, Resolved
-from sftctl.values import as_texts
+from sftctl.swift.values import as_texts
 
 DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt", ".arrow")
 _SAMPLE = re.compile(r"#\d+$")

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sftctl.config.resolve import Resolved
 from sftctl.errors import Problem
-from sftctl.resolve import Resolved
+from sftctl.swift.outputs import checkpoint_dirs
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # AdamW keeps an fp32 master copy and two fp32 moments per trainable parameter.
@@ -26,18 +27,6 @@ def human(n: float) -> str:
         if n >= size:
             return f"{n / size:.1f} {unit}"
     return f"{int(n)} B"
-
-
-def checkpoint_dirs(folder: Path) -> list[Path]:
-    """checkpoint-N folders of one run folder, by step."""
-    if not folder.is_dir():
-        return []
-    found = [
-        p
-        for p in folder.iterdir()
-        if p.is_dir() and p.name.startswith("checkpoint-") and p.name.split("-", 1)[1].isdigit()
-    ]
-    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
 
 
 def count_parameters(model_dir: Path) -> int | None:

@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sftctl.dialect import RENAMED_3_TO_4
-from sftctl.presets import PresetInfo
-from sftctl.resolve import Overrides, Resolved, resolve
-from sftctl.yamlio import dump
+from sftctl.config.presets import PresetInfo
+from sftctl.config.resolve import Overrides, Resolved, resolve
+from sftctl.config.yamlio import dump
+from sftctl.swift.dialect import RENAMED_3_TO_4
 
 
 def preset_table(items: list[PresetInfo]) -> None:
@@ -94,7 +94,7 @@ def show_target(target: str, overrides: Overrides) -> None:
 
 def runs_table(output_dir: Path, as_json: bool) -> None:
     """The runs recorded under ``output_dir``."""
-    from sftctl.record import list_runs
+    from sftctl.runtime.record import list_runs
 
     rows = list_runs(output_dir)
     if as_json:
@@ -130,7 +130,7 @@ def runs_table(output_dir: Path, as_json: bool) -> None:
 
 def show_run(folder: Path) -> None:
     """A run's manifest, for a reader."""
-    from sftctl.record import read_manifest
+    from sftctl.runtime.record import read_manifest
 
     path, data = read_manifest(folder)
     keys = (

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from sftctl.config.schema import Launch
 from sftctl.errors import Problem
-from sftctl.schema import Launch
 
 
 @dataclass(frozen=True)

@@ -13,21 +13,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sftctl import envvars, gpus, hostcheck, preflight, render, supervise
+from sftctl import launchers
+from sftctl.assets import builtin_paths
+from sftctl.checks import host as hostcheck
+from sftctl.checks import preflight
+from sftctl.config.presets import Loaded
+from sftctl.config.resolve import Overrides, Resolved, resolve, resolve_loaded
+from sftctl.config.yamlio import dump, load_text
 from sftctl.errors import LaunchError, Problem, RefusedError
-from sftctl.presets import Loaded
-from sftctl.record import (
-    RunRecord,
-    base_manifest,
-    complete_checkpoints,
-    now_iso,
-    read_manifest,
-    write_json_atomic,
-)
-from sftctl.resolve import Overrides, Resolved, resolve, resolve_loaded
-from sftctl.service import builtin_paths
-from sftctl.values import as_texts
-from sftctl.yamlio import dump, load_text
+from sftctl.resources import gpus
+from sftctl.runtime import supervise
+from sftctl.runtime.record import RunRecord, base_manifest, now_iso, read_manifest
+from sftctl.swift.outputs import complete_checkpoints
+from sftctl.swift.values import as_texts
+from sftctl.util import envvars
+from sftctl.util.fs import write_json_atomic, write_json_if_absent
 
 # Variables a run inherits that would change what ms-swift does behind the config's back.
 REDACT = "<redacted>"
@@ -97,7 +97,7 @@ def _last_checkpoint(output_dir: Path, in_place: bool) -> Path | None:
 
 def prepare(
     resolved: Resolved, env: Mapping[str, str], opts: RunOptions, cwd: Path
-) -> tuple[render.Command, dict[str, str], Path, list[str]]:
+) -> tuple[launchers.Command, dict[str, str], Path, list[str]]:
     """Every check that can refuse the run, then the exact command. Starts nothing."""
     paths = _materialise(resolved)
     problems = hostcheck.check(resolved, env, cwd=cwd, path_of=paths)
@@ -128,10 +128,10 @@ def prepare(
     if problems:
         raise RefusedError(problems=problems)
     chosen = supervise.find_free_port() if port is None and distributed else None
-    return render.command(resolved, paths, master_port=chosen), paths, output_dir, warnings
+    return launchers.build(resolved, paths, master_port=chosen), paths, output_dir, warnings
 
 
-def child_env(cmd: render.Command, env: Mapping[str, str]) -> dict[str, str]:
+def child_env(cmd: launchers.Command, env: Mapping[str, str]) -> dict[str, str]:
     """The training command's environment; SWANLAB_TOKEN feeds SWANLAB_API_KEY."""
     out = cmd.apply_env(env)
     envvars.undo(out)
@@ -200,7 +200,7 @@ def run(
     )
 
     mode = "quiet" if opts.quiet else ("live" if sys.stdout.isatty() else "plain")
-    from sftctl.progress import Follower
+    from sftctl.runtime.progress import Follower
 
     def started(pid: int) -> None:
         record.data.update(status="running", pid=pid, pgid=pid, leader_start=_start_of(pid))
@@ -295,7 +295,7 @@ def _summary(record: RunRecord, outcome: supervise.Outcome, stats: Any, wall: fl
 
 def _detach(target: str, overrides: Overrides, opts: RunOptions, output_dir: Path) -> int:
     """Start `sftctl run` again in its own session, so the run survives this terminal."""
-    from sftctl.record import POINTER, STAGING, new_run_id, write_json_if_absent
+    from sftctl.runtime.record import POINTER, STAGING, new_run_id
 
     run_id = new_run_id()
     staging = output_dir / STAGING / run_id

@@ -17,12 +17,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sftctl import catalog, dialect
+from sftctl.config.presets import Loaded, load, set_path
+from sftctl.config.schema import LAUNCH_KEYS, TOP_LEVEL_KEYS, RunConfig
 from sftctl.errors import ConfigError, Problem, ProblemList, UsageError
-from sftctl.layout import Layout, plan
-from sftctl.presets import Loaded, load, set_path
-from sftctl.schema import LAUNCH_KEYS, TOP_LEVEL_KEYS, RunConfig
-from sftctl.values import ValueProblem, coerce, parse_set_value
+from sftctl.resources.layout import Layout, plan
+from sftctl.swift import catalog, dialect
+from sftctl.swift.values import ValueProblem, coerce, parse_set_value
 
 DEFAULT_MAJOR = 4
 PLACEHOLDER = re.compile(r"^<[A-Z][A-Z0-9_]*>$")

@@ -13,8 +13,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from sftctl.config.yamlio import load_text
 from sftctl.errors import ConfigError, Problem
-from sftctl.yamlio import load_text
 
 SUFFIXES = (".yaml", ".yml")
 

@@ -74,7 +74,7 @@ def _argument(name: str, spec: dict[str, Any]) -> Argument:
 @cache
 def load(major: int) -> Catalog:
     """Load the shipped catalog of ms-swift ``major``."""
-    path = resources.files("sftctl.catalog.data").joinpath(f"swift{major}.json")
+    path = resources.files("sftctl.swift.data").joinpath(f"swift{major}.json")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -92,6 +92,6 @@ def load(major: int) -> Catalog:
 @cache
 def version_diff() -> dict[str, Any]:
     """Names found in only one of the 3.x and 4.x catalogs: renamed, removed, new."""
-    path = resources.files("sftctl.catalog.data").joinpath("diff_3_4.json")
+    path = resources.files("sftctl.swift.data").joinpath("diff_3_4.json")
     data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return data

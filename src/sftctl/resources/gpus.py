@@ -6,7 +6,7 @@ import shutil
 import subprocess
 from collections.abc import Mapping
 
-from sftctl.schema import parse_gpus
+from sftctl.config.schema import parse_gpus
 
 
 def visible_gpus(env: Mapping[str, str]) -> list[int] | None:

@@ -8,7 +8,7 @@ may use either spelling; the renderer writes the target version's.
 from __future__ import annotations
 
 # ms-swift 3.x name -> 4.x name, for arguments that kept their meaning.
-# The full 3.12.6 -> 4.6.0 comparison is catalog/data/diff_3_4.json (a test keeps the two equal).
+# The full 3.12.6 -> 4.6.0 comparison is swift/data/diff_3_4.json (a test keeps the two equal).
 RENAMED_3_TO_4: dict[str, str] = {
     "train_type": "tuner_type",
     "metric": "eval_metric",
@@ -40,7 +40,7 @@ def removed_hint(name: str, major: int) -> str | None:
     """For a 3.x argument that 4.x dropped: what to write instead."""
     if major < 4:
         return None
-    from sftctl.catalog import version_diff
+    from sftctl.swift.catalog import version_diff
 
     diff = version_diff()
     if name not in diff.get("removed", []):

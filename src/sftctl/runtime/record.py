@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import socket
 import threading
 import time
@@ -22,14 +21,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from sftctl.preflight import checkpoint_dirs
+from sftctl.swift.outputs import ANNOUNCE, RUN_FOLDER, complete_checkpoints
+from sftctl.util.fs import write_json_atomic
 
 MANIFEST = "sftctl-manifest.json"
 LOG = "sftctl.log"
 STAGING = ".sftctl"
 POINTER = "manifest.json"
-RUN_FOLDER = re.compile(r"^v\d+-\d{8}-\d{6}$")
-ANNOUNCE = re.compile(r"\[INFO:swift\] output_dir: (.+)$")
 
 
 def now_iso() -> str:
@@ -49,35 +47,6 @@ def versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             out[dist] = None
     return out
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON via a temporary file and rename: a reader never sees half a manifest."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def write_json_if_absent(path: Path, data: dict[str, Any]) -> bool:
-    """Atomically create ``path`` unless it exists (a hard link fails on an existing name)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    try:
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def complete_checkpoints(run_dir: Path) -> list[Path]:
-    """Checkpoints that were written to the end (trainer state and weights present)."""
-    return [
-        c
-        for c in checkpoint_dirs(run_dir)
-        if (c / "trainer_state.json").is_file() and any(c.glob("*.safetensors"))
-    ]
 
 
 def new_run_id() -> str:

@@ -1,6 +1,6 @@
 """Dump the argument catalog of the installed ms-swift ``swift sft`` command.
 
-Developer tool: ``python -m sftctl.catalog.dump OUT.json`` (run by
+Developer tool: ``python -m sftctl.swift.dump OUT.json`` (run by
 ``scripts/gen_catalogs.py`` in a scratch venv per ms-swift major version).
 ms-swift, transformers and torch are imported inside :func:`dump_catalog` only,
 so importing this module (or sftctl's CLI) never pulls them in.
@@ -253,7 +253,7 @@ def dump_catalog() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m sftctl.catalog.dump OUT.json", file=sys.stderr)
+        print("usage: python -m sftctl.swift.dump OUT.json", file=sys.stderr)
         return 2
     catalog = dump_catalog()
     with open(args[0], "w", encoding="utf-8") as fh:

@@ -1,0 +1,32 @@
+"""``sftctl validate``: every problem of every target, config and (optionally) host."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from sftctl.assets import builtin_paths
+from sftctl.config.resolve import Overrides, resolve
+from sftctl.errors import Problem, SftctlError, UsageError
+
+
+def validate_many(
+    targets: Sequence[str], overrides: Overrides, host: bool = False
+) -> dict[str, list[Problem]]:
+    """Every problem of every target; ``host`` adds the checks that depend on this machine."""
+    out: dict[str, list[Problem]] = {}
+    for target in targets:
+        try:
+            resolved = resolve(target, overrides)
+        except UsageError:
+            raise
+        except SftctlError as exc:
+            out[target] = exc.problems or [Problem("", str(exc))]
+            continue
+        if host:
+            from sftctl.checks import host as hostcheck
+
+            out[target] = hostcheck.check(resolved, os.environ, path_of=builtin_paths(resolved))
+        else:
+            out[target] = []
+    return out

@@ -1,0 +1,41 @@
+"""The sftctl command line: thin commands that wire the library together.
+
+Commands live in one module per group (``config_cmds``: presets, show, render,
+validate; ``run_cmds``: run, resume, stop, runs); ``boundary`` is the one place errors
+are shown. ``--help``, ``render`` and ``validate`` must stay fast: nothing here
+imports torch, transformers or ms-swift.
+"""
+
+import sys
+
+from sftctl.util.envvars import quiet_pydantic_plugins
+
+quiet_pydantic_plugins()
+
+import typer  # noqa: E402 - after the environment tweak above
+
+from sftctl.cli import config_cmds, run_cmds  # noqa: E402
+from sftctl.errors import SftctlError  # noqa: E402
+
+app = typer.Typer(
+    name="sftctl",
+    help="Validated, reproducible ms-swift SFT runs from YAML presets.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+config_cmds.register(app)
+run_cmds.register(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except SftctlError as exc:  # pragma: no cover - commands catch their own
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,121 @@
+"""Commands that read configs and never start anything: presets, show, render, validate."""
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sftctl.cli.boundary import boundary, err
+from sftctl.cli.options import JsonOpt, TargetSpec, target_command
+from sftctl.errors import EXIT_INVALID, UsageError
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to ``app``."""
+    app.command()(presets)
+    app.command()(render)
+    app.command()(validate)
+    app.command()(show)
+
+
+def presets(as_json: JsonOpt = False) -> None:
+    """List the shipped presets and your own (in the user preset folder)."""
+    from sftctl.config import presets as p
+
+    with boundary():
+        items = p.list_presets()
+        if as_json:
+            print(json.dumps([i.__dict__ for i in items], indent=2, ensure_ascii=False))
+            return
+        from sftctl.cli.views import preset_table
+
+        preset_table(items)
+
+
+def render_text(spec: TargetSpec, fmt: str) -> str:
+    """Resolve the target and render it in ``fmt``."""
+    from sftctl import render as r
+    from sftctl.assets import builtin_paths
+    from sftctl.config.resolve import resolve
+    from sftctl.launchers import build
+
+    if fmt not in r.FORMATS:
+        raise UsageError(f"--format: unknown format '{fmt}' (fix: use one of {', '.join(r.FORMATS)})")
+    resolved = resolve(spec.one(), spec.overrides())
+    return r.text(resolved, build(resolved, builtin_paths(resolved)), fmt)
+
+
+@target_command()
+def render(
+    spec: TargetSpec,
+    fmt: Annotated[str, typer.Option("--format", help="sh, json or swift-yaml.")] = "sh",
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write to FILE.")] = None,
+    check: Annotated[
+        Path | None,
+        typer.Option("--check", help="Exit 1 if FILE differs from the rendering (a CI drift check)."),
+    ] = None,
+) -> None:
+    """Print the exact launch command as a bash script, JSON, or an ms-swift YAML."""
+    with boundary():
+        text = render_text(spec, fmt)
+        if check is not None:
+            from sftctl.render import check_drift
+
+            check_drift(check, text)
+            return
+        if output is not None:
+            from sftctl.util.fs import write_atomic
+
+            write_atomic(output, text, executable=fmt == "sh")
+            return
+        sys.stdout.write(text)
+
+
+@target_command(many=True)
+def validate(
+    spec: TargetSpec,
+    host: Annotated[
+        bool,
+        typer.Option("--host", help="Also check this machine: data and model paths, packages."),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check configs; print every problem as 'location: message'. Exit 1 if any."""
+    from sftctl.checks.validate import validate_many
+
+    with boundary():
+        if not spec.targets:
+            raise UsageError("give at least one TARGET: a preset name, --preset NAME or --config FILE")
+        results = validate_many(spec.targets, spec.overrides(), host=host)
+        bad = {t: probs for t, probs in results.items() if probs}
+        if as_json:
+            print(
+                json.dumps(
+                    {t: [p.as_dict() for p in probs] for t, probs in results.items()},
+                    indent=2,
+                    ensure_ascii=False,
+                )
+            )
+        else:
+            for t, probs in results.items():
+                if not probs:
+                    print(f"{t}: ok")
+                for problem in probs:
+                    err(f"{t}: {problem.render()}")
+        if bad:
+            raise typer.Exit(EXIT_INVALID)
+
+
+@target_command()
+def show(spec: TargetSpec) -> None:
+    """Show a resolved config (who set each key, effective batch, layout), or a run's manifest."""
+    from sftctl.cli import views
+
+    with boundary():
+        name = spec.one()
+        if Path(name).is_dir():
+            views.show_run(Path(name))
+            return
+        views.show_target(name, spec.overrides())

@@ -1,0 +1,84 @@
+"""Commands that start, follow or stop training: run, resume, stop, runs."""
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sftctl.cli.boundary import boundary
+from sftctl.cli.options import GraceOpt, JsonOpt, QuietOpt, TargetSpec, target_command
+
+RunDirArg = Annotated[Path, typer.Argument(help="A run folder (or its .sftctl staging folder).")]
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to ``app``."""
+    app.command()(run)
+    app.command("resume")(resume_cmd)
+    app.command()(stop)
+    app.command()(runs)
+
+
+@target_command()
+def run(
+    spec: TargetSpec,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the script; start nothing.")] = False,
+    detach: Annotated[
+        bool, typer.Option("--detach", help="Run in the background; survives the terminal.")
+    ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue from the last complete checkpoint in output_dir."),
+    ] = False,
+    grace: GraceOpt = 30.0,
+    quiet: QuietOpt = False,
+    run_id: Annotated[str | None, typer.Option("--run-id", hidden=True)] = None,
+) -> None:
+    """Check the config and this machine, then launch and supervise the training command."""
+    with boundary():
+        name = spec.one()
+        if dry_run:
+            from sftctl.cli.config_cmds import render_text
+
+            sys.stdout.write(render_text(spec, "sh"))
+            return
+        from sftctl.runtime import launch
+
+        opts = launch.RunOptions(detach=detach, resume=resume, grace=grace, quiet=quiet, run_id=run_id)
+        code = launch.run(name, spec.overrides(), opts)
+    raise typer.Exit(code)
+
+
+def resume_cmd(run_dir: RunDirArg, grace: GraceOpt = 30.0, quiet: QuietOpt = False) -> None:
+    """Continue a recorded run from its last complete checkpoint."""
+    from sftctl.runtime import launch
+
+    with boundary():
+        code = launch.resume(run_dir, launch.RunOptions(grace=grace, quiet=quiet))
+    raise typer.Exit(code)
+
+
+def stop(
+    run_dir: RunDirArg,
+    grace: Annotated[
+        float, typer.Option("--grace", help="Seconds before SIGKILL if the supervisor is gone.")
+    ] = 30.0,
+) -> None:
+    """Stop a running or detached run: SIGTERM to its whole process tree, then SIGKILL."""
+    from sftctl.runtime import launch
+
+    with boundary():
+        code = launch.stop(run_dir, grace)
+    raise typer.Exit(code)
+
+
+def runs(
+    output_dir: Annotated[Path, typer.Argument(help="The output_dir of the runs.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """List the runs sftctl recorded under OUTPUT_DIR."""
+    from sftctl.cli import views
+
+    with boundary():
+        views.runs_table(output_dir, as_json)
