@@ -192,7 +192,7 @@ def test_validate_json_and_exit_codes(cli: CliRunner, write: Callable[[str, str]
     doc = json.loads(out.stdout)
     assert doc["zero2-qwen3-8b"] == []
     assert doc[str(bad)][0]["location"] == "args.lerning_rate"
-    assert "learning_rate" in doc[str(bad)][0]["hint"]
+    assert "learning_rate" in doc[str(bad)][0]["fix"]
     assert cli.invoke(app, ["validate", "zero2-qwen3-8b", "zero2-qwen3-30b-a3b"]).exit_code == 0
 
 

@@ -18,7 +18,6 @@ import pytest
 
 import sftctl
 from sftctl.runtime.supervise import (
-    descendants_of,
     find_free_port,
     port_in_use,
     proc_ref,
@@ -208,6 +207,23 @@ def test_orphans_of_a_parent_that_exits_are_stopped(
     assert [m for m in members if running(*m)] == []
 
 
+def _descendants(root: int) -> set[int]:
+    """Pids below ``root`` by /proc parent links."""
+    parent: dict[int, int] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                data = Path(f"/proc/{name}/stat").read_bytes()
+            except OSError:
+                continue
+            parent[int(name)] = int(data[data.rfind(b")") + 2 :].split()[1])
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, ppid in parent.items() if ppid in frontier} - found
+        found |= frontier
+    return found
+
+
 @pytest.mark.parametrize("ignore_term", [False, True])
 def test_stop_tree_of_a_detached_run(members: list[tuple[int, int]], ignore_term: bool) -> None:
     proc = subprocess.Popen(
@@ -221,7 +237,7 @@ def test_stop_tree_of_a_detached_run(members: list[tuple[int, int]], ignore_term
     found = ready_pids("".join(proc.stdout.readline() for _ in range(5)))
     kids = found["child"] + found["grandchild"]
     members.extend(refs_of(kids))
-    assert set(kids) <= set(descendants_of(proc.pid))
+    assert set(kids) <= _descendants(proc.pid)
     leader = proc_ref(proc.pid)
     assert leader is not None
     try:

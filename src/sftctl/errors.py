@@ -1,33 +1,49 @@
 """One error family for everything sftctl reports to a user.
 
-Library code raises these; ``cli.py`` is the only place that prints them.
+Library code raises these; the CLI's boundary is the only place that prints them.
+Problems are built by ``checks.registry.report`` with the id of the rule that found them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal
 
 EXIT_OK = 0
 EXIT_INVALID = 1
 EXIT_USAGE = 2
+EXIT_INTERNAL = 70
 
 
 @dataclass(frozen=True)
 class Problem:
-    """One finding: where it is, what is wrong, and how to fix it."""
+    """One finding: which rule found it, where it is, what is wrong, and how to fix it."""
 
+    rule_id: str
+    severity: Literal["error", "warning"]
     location: str
     message: str
-    hint: str | None = None
+    fix: str | None = None
 
     def render(self) -> str:
         text = f"{self.location}: {self.message}" if self.location else self.message
-        if self.hint:
-            text += f" (fix: {self.hint})"
+        if self.fix:
+            text += f" (fix: {self.fix})"
         return text
 
     def as_dict(self) -> dict[str, str | None]:
-        return {"location": self.location, "message": self.message, "hint": self.hint}
+        return {
+            "id": self.rule_id,
+            "severity": self.severity,
+            "location": self.location,
+            "message": self.message,
+            "fix": self.fix,
+        }
+
+
+def errors_of(problems: list[Problem]) -> list[Problem]:
+    """The problems that stop a run (warnings do not)."""
+    return [p for p in problems if p.severity == "error"]
 
 
 class SftctlError(Exception):
@@ -40,10 +56,6 @@ class SftctlError(Exception):
         if not message and self.problems:
             message = "\n".join(p.render() for p in self.problems)
         super().__init__(message)
-
-    @property
-    def message(self) -> str:
-        return str(self)
 
 
 class ConfigError(SftctlError):
@@ -59,30 +71,8 @@ class UsageError(SftctlError):
 class RefusedError(SftctlError):
     """`run` refused before launch; nothing was started: exit 1."""
 
-    def __init__(self, message: str = "", problems: list[Problem] | None = None) -> None:
-        super().__init__(message, problems)
-        self.refusal = True
+    epilogue = "refused before launch: nothing was started"
 
 
 class LaunchError(SftctlError):
     """The training command could not be started at all."""
-
-
-@dataclass
-class ProblemList:
-    """Collects problems so validation reports all of them, not just the first."""
-
-    items: list[Problem] = field(default_factory=list)
-
-    def add(self, location: str, message: str, hint: str | None = None) -> None:
-        self.items.append(Problem(location, message, hint))
-
-    def extend(self, problems: list[Problem]) -> None:
-        self.items.extend(problems)
-
-    def raise_if_any(self) -> None:
-        if self.items:
-            raise ConfigError(problems=self.items)
-
-    def __bool__(self) -> bool:
-        return bool(self.items)

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from sftctl import __version__
+from sftctl.checks.registry import report
 from sftctl.config.resolve import Resolved
 from sftctl.config.yamlio import dump
-from sftctl.errors import ConfigError, Problem
+from sftctl.errors import ConfigError
 from sftctl.launchers import Command
 from sftctl.swift.values import as_texts
 
@@ -119,7 +120,9 @@ def check_drift(path: Path, text: str) -> None:
         current = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(
-            problems=[Problem(str(path), f"cannot read: {exc.strerror}", "render it once with -o FILE")]
+            problems=[
+                report("R001", str(path), f"cannot read: {exc.strerror}", "render it once with -o FILE")
+            ]
         ) from None
     if current != text:
         diff = "".join(

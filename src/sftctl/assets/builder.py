@@ -22,6 +22,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from sftctl.util.fs import write_bytes_atomic
+
 MODEL_NAME = "tiny-qwen3"
 # Bump when anything that changes the built files changes (shapes, seed, corpus
 # handling, template); the cache folder name carries it so old builds are never reused.
@@ -305,17 +307,7 @@ def _materialise_dataset() -> Path:
     data = dataset_bytes()
     if dest.is_file() and dest.read_bytes() == data:
         return dest  # untouched: keeps its mtime
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{DATASET_FILE}.", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)  # atomic: readers see the old or the new file, never a part
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_bytes_atomic(dest, data)  # readers see the old or the new file, never a part
     return dest
 
 

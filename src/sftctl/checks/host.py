@@ -1,7 +1,8 @@
-"""Checks that depend on this machine: local data and model paths, packages.
+"""Host-phase checks: what makes a run fail, or lose something, on this machine.
 
-Packages are found with importlib's finder, without importing them (importing
-deepspeed or flash_attn takes seconds and may initialise CUDA).
+Local data and model paths, packages, the launcher, the output folder, the master port
+and the disk. Packages are found with importlib's finder, without importing them
+(importing deepspeed or flash_attn takes seconds and may initialise CUDA).
 """
 
 from __future__ import annotations
@@ -14,8 +15,12 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from sftctl.config.resolve import FLASH_ATTN, Resolved
+from sftctl.checks.config import FLASH_ATTN
+from sftctl.checks.registry import report
+from sftctl.config.resolve import Resolved
 from sftctl.errors import Problem
+from sftctl.resources.params import checkpoint_bytes, human
+from sftctl.swift.outputs import checkpoint_dirs
 from sftctl.swift.values import as_texts
 
 DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt", ".arrow")
@@ -45,6 +50,11 @@ def _installed(module: str) -> bool:
         return False
 
 
+def _local(path: str, base: Path) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else base / p
+
+
 def check(
     resolved: Resolved,
     env: Mapping[str, str],
@@ -57,19 +67,18 @@ def check(
     problems: list[Problem] = []
     for key in ("dataset", "val_dataset"):
         for item in as_texts(resolved.args.get(key)):
-            if item in path_of or item.startswith("builtin:"):
+            if item in path_of or item.startswith("builtin:") or not is_local_ref(item):
                 continue
-            if is_local_ref(item):
-                path = Path(_SAMPLE.sub("", item)).expanduser()
-                path = path if path.is_absolute() else base / path
-                if not path.exists():
-                    problems.append(
-                        Problem(
-                            f"args.{key}",
-                            f"local dataset '{item}' does not exist ({path})",
-                            "fix the path; ms-swift would take it for a hub id and fail after a minute",
-                        )
+            path = _local(_SAMPLE.sub("", item), base)
+            if not path.exists():
+                problems.append(
+                    report(
+                        "H001",
+                        f"args.{key}",
+                        f"local dataset '{item}' does not exist ({path})",
+                        "fix the path; ms-swift would take it for a hub id and fail after a minute",
                     )
+                )
     model = resolved.args.get("model")
     if (
         isinstance(model, str)
@@ -77,11 +86,11 @@ def check(
         and not model.startswith("builtin:")
         and model.startswith(("./", "../", "/", "~"))
     ):
-        path = Path(model).expanduser()
-        path = path if path.is_absolute() else base / path
+        path = _local(model, base)
         if not (path / "config.json").is_file():
             problems.append(
-                Problem(
+                report(
+                    "H002",
                     "args.model",
                     f"local model folder '{model}' has no config.json ({path})",
                     "point model at a folder with config.json and weights",
@@ -92,31 +101,104 @@ def check(
         wanted.append(("deepspeed", "deepspeed", "pip install 'sftctl[deepspeed]'"))
     if resolved.args.get("attn_impl") in FLASH_ATTN:
         wanted.append(
-            (
-                "flash_attn",
-                "attn_impl",
-                "pip install 'sftctl[gpu]' (needs CUDA), or attn_impl: sdpa",
-            )
+            ("flash_attn", "attn_impl", "pip install 'sftctl[gpu]' (needs CUDA), or attn_impl: sdpa")
         )
     if "swanlab" in as_texts(resolved.args.get("report_to")):
         wanted.append(("swanlab", "report_to", "pip install 'sftctl[swanlab]'"))
     for module, key, fix in wanted:
         if not _installed(module):
             problems.append(
-                Problem(
-                    f"args.{key}",
-                    f"needs the Python package '{module}', which is not installed",
-                    fix,
+                report(
+                    "H003", f"args.{key}", f"needs the Python package '{module}', which is not installed", fix
                 )
             )
-    launcher = resolved.config.launch.launcher
-    exe = "torchrun" if launcher == "torchrun" else "swift"
+    exe = "torchrun" if resolved.config.launch.launcher == "torchrun" else "swift"
     if find_executable(exe, env) is None:
         problems.append(
-            Problem(
+            report(
+                "H004",
                 "launch.launcher",
                 f"'{exe}' is not on PATH",
                 "pip install 'sftctl[swift]' (ms-swift and torch) in this environment",
             )
         )
     return problems
+
+
+def _existing_parent(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_disk(resolved: Resolved, output_dir: Path, model_dir: Path | None) -> list[Problem]:
+    """A refusal when (save_total_limit + 1) checkpoints cannot fit; warnings saying what is unknown."""
+    where = _existing_parent(output_dir)
+    free = shutil.disk_usage(where).free
+    per = checkpoint_bytes(resolved.args, model_dir)
+    if per is None:
+        return [
+            report(
+                "H008",
+                "args.model",
+                "checkpoint size unknown (the model is not a local folder with safetensors): "
+                "free disk was not checked",
+            )
+        ]
+    limit = resolved.args.get("save_total_limit")
+    if not isinstance(limit, int) or limit <= 0:
+        return [
+            report(
+                "H009",
+                "args.save_total_limit",
+                f"save_total_limit is unset, so every checkpoint is kept "
+                f"(about {human(per)} each; {human(free)} free on {where})",
+            )
+        ]
+    count = limit + 1
+    if per * count > free:
+        return [
+            report(
+                "H007",
+                "args.output_dir",
+                f"not enough disk: {count} checkpoints (save_total_limit + 1 being written) of about "
+                f"{human(per)} each need {human(per * count)}, but {where} has {human(free)} free",
+                "free space, lower save_total_limit, or set output_dir on a larger disk",
+            )
+        ]
+    return []
+
+
+def check_output_dir(resolved: Resolved, output_dir: Path, resume: bool) -> list[Problem]:
+    """ms-swift with add_version false writes straight into output_dir: refuse to mix
+    this run's checkpoints with another run's, unless resuming it."""
+    if resolved.args.get("add_version", True) is not False or resume:
+        return []
+    existing = checkpoint_dirs(output_dir)
+    if not existing:
+        return []
+    return [
+        report(
+            "H005",
+            "args.output_dir",
+            f"{output_dir} already holds checkpoints of another run "
+            f"({', '.join(p.name for p in existing[-3:])}) "
+            "and add_version is false, so this run would write over them",
+            "choose a new output_dir, drop add_version: false, or continue that run with --resume",
+        )
+    ]
+
+
+def check_port(port: int | None, in_use: bool) -> list[Problem]:
+    """A fixed master port that is taken makes torchrun fail (or hang) after start-up."""
+    if port is None or not in_use:
+        return []
+    return [
+        report(
+            "H006",
+            "launch.master_port",
+            f"port {port} is already in use on this machine (another training job?)",
+            "pick a free port, e.g. --set launch.master_port=29501, or remove master_port "
+            "and sftctl picks a free one",
+        )
+    ]

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from sftctl.assets import builtin_paths
 from sftctl.config.resolve import Overrides, resolve
-from sftctl.errors import Problem, SftctlError, UsageError
+from sftctl.errors import Problem, SftctlError
 
 
 def validate_many(
@@ -18,10 +18,10 @@ def validate_many(
     for target in targets:
         try:
             resolved = resolve(target, overrides)
-        except UsageError:
-            raise
         except SftctlError as exc:
-            out[target] = exc.problems or [Problem("", str(exc))]
+            if not exc.problems:
+                raise  # not about this target (a usage error): it stops the whole call
+            out[target] = exc.problems
             continue
         if host:
             from sftctl.checks import host as hostcheck

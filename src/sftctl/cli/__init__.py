@@ -6,6 +6,7 @@ are shown. ``--help``, ``render`` and ``validate`` must stay fast: nothing here
 imports torch, transformers or ms-swift.
 """
 
+import os
 import sys
 
 from sftctl.util.envvars import quiet_pydantic_plugins
@@ -30,12 +31,33 @@ run_cmds.register(app)
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: a bug in sftctl is one line and a log, never a traceback."""
     try:
-        app()
+        app(standalone_mode=True)
     except SftctlError as exc:  # pragma: no cover - commands catch their own
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except Exception as exc:
+        sys.exit(_internal_error(exc))
+
+
+def _internal_error(exc: Exception) -> int:
+    import tempfile
+    import time
+    import traceback
+    from pathlib import Path
+
+    from sftctl.errors import EXIT_INTERNAL
+
+    text = "".join(traceback.format_exception(exc))
+    log = Path(tempfile.gettempdir()) / f"sftctl-crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    try:
+        log.write_text(text, encoding="utf-8")
+        where = f"; details in {log}"
+    except OSError:
+        where = ""
+    print(f"sftctl: internal error ({type(exc).__name__}: {exc}){where}", file=sys.stderr)
+    return EXIT_INTERNAL
 
 
 __all__ = ["app", "main"]

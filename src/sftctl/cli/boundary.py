@@ -8,7 +8,7 @@ from typing import NoReturn
 
 import typer
 
-from sftctl.errors import SftctlError
+from sftctl.errors import RefusedError, SftctlError
 
 
 def color(stream: object) -> bool:
@@ -35,6 +35,8 @@ def fail(exc: SftctlError) -> NoReturn:
             err(problem.render())
     else:
         err(f"error: {exc}")
+    if isinstance(exc, RefusedError):
+        err(exc.epilogue)
     raise typer.Exit(exc.exit_code)
 
 

@@ -18,6 +18,7 @@ def register(app: typer.Typer) -> None:
     app.command()(render)
     app.command()(validate)
     app.command()(show)
+    app.command()(rules)
 
 
 def presets(as_json: JsonOpt = False) -> None:
@@ -119,3 +120,14 @@ def show(spec: TargetSpec) -> None:
             views.show_run(Path(name))
             return
         views.show_target(name, spec.overrides())
+
+
+def rules(as_json: JsonOpt = False) -> None:
+    """List every check sftctl makes, with its id, phase and severity."""
+    from sftctl.checks.registry import RULES
+
+    if as_json:
+        print(json.dumps([rule.__dict__ for rule in RULES.values()], indent=2))
+        return
+    for rule in RULES.values():
+        print(f"{rule.id}  {rule.phase:<6}  {rule.severity:<7}  {rule.summary}")

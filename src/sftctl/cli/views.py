@@ -6,7 +6,6 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
 
 from sftctl.config.presets import PresetInfo
 from sftctl.config.resolve import Overrides, Resolved, resolve
@@ -29,8 +28,7 @@ def preset_table(items: list[PresetInfo]) -> None:
 
 
 def _with_origin(resolved: Resolved) -> list[str]:
-    data: dict[str, Any] = resolved.config.model_dump(exclude={"extends", "args"}, exclude_none=True)
-    data["args"] = resolved.args
+    data = resolved.document()
     origin = resolved.loaded.origin
     lines = []
     for section, value in data.items():

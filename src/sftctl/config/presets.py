@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import os
 import sys
@@ -13,8 +12,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from sftctl.checks.registry import report
 from sftctl.config.yamlio import load_text
-from sftctl.errors import ConfigError, Problem
+from sftctl.errors import ConfigError
+from sftctl.util.text import did_you_mean
 
 SUFFIXES = (".yaml", ".yml")
 
@@ -121,16 +122,16 @@ def _read_preset(name: str, where: str = "preset") -> Layer:
         where, text = builtin[name]
         return Layer(name, where, text)
     known = sorted(set(builtin) | set(user))
-    near = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-    hint = f"did you mean {', '.join(near)}?" if near else "run 'sftctl presets' to list them"
-    raise ConfigError(problems=[Problem(where, f"unknown preset '{name}'", hint)])
+    hint = did_you_mean(name, known) or "run 'sftctl presets' to list them"
+    raise ConfigError(problems=[report("F008", where, f"unknown preset '{name}'", hint)])
 
 
 def _read_file(path: Path, where: str | None = None) -> Layer:
     if not path.is_file():
         raise ConfigError(
             problems=[
-                Problem(
+                report(
+                    "F007",
                     where or str(path),
                     f"no such config file: {path}",
                     "give a path to a YAML file, or a preset name from 'sftctl presets'",
@@ -142,7 +143,8 @@ def _read_file(path: Path, where: str | None = None) -> Layer:
     except UnicodeDecodeError as exc:
         raise ConfigError(
             problems=[
-                Problem(
+                report(
+                    "F006",
                     str(path),
                     f"not UTF-8 text (byte {exc.start}: {exc.object[exc.start : exc.start + 1]!r})",
                     "save the file as UTF-8",
@@ -191,7 +193,7 @@ def load(target: str) -> Loaded:
         if key in seen:
             cycle = " -> ".join([*[c[0].label for c in chain], layer.label])
             raise ConfigError(
-                problems=[Problem("extends", f"cycle: {cycle}", "remove one of the 'extends' keys")]
+                problems=[report("F009", "extends", f"cycle: {cycle}", "remove one of the 'extends' keys")]
             )
         seen.append(key)
         data = load_text(layer.text, layer.path)
@@ -202,7 +204,8 @@ def load(target: str) -> Loaded:
         elif not isinstance(parent, str) or not parent.strip():
             raise ConfigError(
                 problems=[
-                    Problem(
+                    report(
+                        "F010",
                         f"{layer.label}: extends",
                         f"must be a preset name or a path, got {parent!r}",
                         "write e.g. 'extends: zero2-qwen3-8b'",

@@ -1,6 +1,6 @@
 """The shape of a run config: ``description``, ``extends``, ``swift_version``,
 ``launch``, ``env`` and ``args``. Knows nothing of shells or ms-swift's flags;
-``args`` are checked against the ms-swift catalog in ``checks.py``."""
+``args`` are checked against the ms-swift catalog by ``checks.config``."""
 
 from __future__ import annotations
 

@@ -8,12 +8,12 @@ float. Duplicate keys are silently collapsed by PyYAML; here they are errors.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from sftctl.errors import ConfigError, Problem
+from sftctl.checks.registry import report
+from sftctl.errors import ConfigError
 
 
 class WrittenFloat(float):
@@ -126,7 +126,8 @@ def load_text(text: str, source: str) -> dict[str, Any]:
     except _DuplicateKey as exc:
         raise ConfigError(
             problems=[
-                Problem(
+                report(
+                    "F002",
                     f"{source}:{exc.line}:{exc.column}",
                     f"duplicate key '{exc.key}' (YAML would silently keep only the last one)",
                     "keep one of them",
@@ -136,7 +137,8 @@ def load_text(text: str, source: str) -> dict[str, Any]:
     except _BadKey as exc:
         raise ConfigError(
             problems=[
-                Problem(
+                report(
+                    "F003",
                     f"{source}:{exc.line}:{exc.column}",
                     exc.what,
                     "write keys as plain names, e.g. learning_rate:",
@@ -148,16 +150,19 @@ def load_text(text: str, source: str) -> dict[str, Any]:
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
         what = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(
-            problems=[Problem(where, f"malformed YAML: {what}", "fix the syntax at that line")]
+            problems=[report("F001", where, f"malformed YAML: {what}", "fix the syntax at that line")]
         ) from None
     if data is None:
         raise ConfigError(
-            problems=[Problem(source, "the file is empty", "write a mapping, e.g. 'extends: cpu-smoke'")]
+            problems=[
+                report("F004", source, "the file is empty", "write a mapping, e.g. 'extends: cpu-smoke'")
+            ]
         )
     if not isinstance(data, dict):
         raise ConfigError(
             problems=[
-                Problem(
+                report(
+                    "F005",
                     source,
                     f"the top level must be a mapping of keys, not a {type(data).__name__}",
                     "write 'key: value' lines (description, extends, launch, env, args)",
@@ -165,17 +170,6 @@ def load_text(text: str, source: str) -> dict[str, Any]:
             ]
         )
     return data
-
-
-def load_file(path: Path) -> dict[str, Any]:
-    """Read and load a YAML config file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(
-            problems=[Problem(str(path), f"cannot read the file: {exc.strerror}", None)]
-        ) from None
-    return load_text(text, str(path))
 
 
 class _Dumper(yaml.SafeDumper):

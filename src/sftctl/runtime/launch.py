@@ -16,11 +16,11 @@ from typing import Any
 from sftctl import launchers
 from sftctl.assets import builtin_paths
 from sftctl.checks import host as hostcheck
-from sftctl.checks import preflight
+from sftctl.checks.registry import report
 from sftctl.config.presets import Loaded
 from sftctl.config.resolve import Overrides, Resolved, resolve, resolve_loaded
 from sftctl.config.yamlio import dump, load_text
-from sftctl.errors import LaunchError, Problem, RefusedError
+from sftctl.errors import LaunchError, RefusedError, errors_of
 from sftctl.resources import gpus
 from sftctl.runtime import supervise
 from sftctl.runtime.record import RunRecord, base_manifest, now_iso, read_manifest
@@ -28,16 +28,7 @@ from sftctl.swift.outputs import complete_checkpoints
 from sftctl.swift.values import as_texts
 from sftctl.util import envvars
 from sftctl.util.fs import write_json_atomic, write_json_if_absent
-
-# Variables a run inherits that would change what ms-swift does behind the config's back.
-REDACT = "<redacted>"
-SECRET_VARS = (
-    "SWANLAB_API_KEY",
-    "SWANLAB_TOKEN",
-    "WANDB_API_KEY",
-    "HF_TOKEN",
-    "MODELSCOPE_API_TOKEN",
-)
+from sftctl.util.secrets import redact
 
 
 @dataclass(frozen=True)
@@ -104,12 +95,13 @@ def prepare(
     output_dir = Path(str(resolved.args.get("output_dir") or "output")).expanduser()
     output_dir = output_dir if output_dir.is_absolute() else cwd / output_dir
     in_place = resolved.args.get("add_version", True) is False
-    problems += preflight.check_output_dir(resolved, output_dir, opts.resume)
+    problems += hostcheck.check_output_dir(resolved, output_dir, opts.resume)
     if opts.resume and "resume_from_checkpoint" not in resolved.args:
         last = _last_checkpoint(output_dir, in_place)
         if last is None:
             problems.append(
-                Problem(
+                report(
+                    "H010",
                     "--resume",
                     f"no complete checkpoint under {output_dir}",
                     "start the run without --resume",
@@ -120,13 +112,11 @@ def prepare(
     launch = resolved.config.launch
     port = launch.master_port
     distributed = launch.launcher == "torchrun" or launch.nproc_per_node > 1 or launch.nnodes > 1
-    problems += preflight.check_port(port, port is not None and distributed and supervise.port_in_use(port))
-    disk, warnings = preflight.check_disk(
-        preflight.disk_plan(resolved, output_dir, _model_dir(resolved, paths, cwd))
-    )
-    problems += disk
-    if problems:
-        raise RefusedError(problems=problems)
+    problems += hostcheck.check_port(port, port is not None and distributed and supervise.port_in_use(port))
+    problems += hostcheck.check_disk(resolved, output_dir, _model_dir(resolved, paths, cwd))
+    if errors_of(problems):
+        raise RefusedError(problems=errors_of(problems))
+    warnings = [p.render() for p in problems]
     chosen = supervise.find_free_port() if port is None and distributed else None
     return launchers.build(resolved, paths, master_port=chosen), paths, output_dir, warnings
 
@@ -145,10 +135,6 @@ def child_env(cmd: launchers.Command, env: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
-def _redacted(env: Mapping[str, str]) -> dict[str, str]:
-    return {k: (REDACT if k in SECRET_VARS else v) for k, v in env.items()}
-
-
 def run(
     target: str,
     overrides: Overrides,
@@ -165,11 +151,7 @@ def run(
         if loaded is not None
         else resolve(target, overrides, env=env, visible=visible)
     )
-    try:
-        cmd, _paths, output_dir, warnings = prepare(resolved, env, opts, cwd)
-    except RefusedError as exc:
-        exc.problems.append(Problem("", "refused before launch: nothing was started"))
-        raise
+    cmd, _paths, output_dir, warnings = prepare(resolved, env, opts, cwd)
     for warning in warnings:
         _say(f"warning: {warning}")
     if opts.detach:
@@ -182,10 +164,10 @@ def run(
             preset=resolved.loaded.preset,
             preset_hash=resolved.loaded.digest,
             files=[layer.label for layer in resolved.loaded.layers],
-            config=_config_doc(resolved),
-            config_yaml=dump(_config_doc(resolved), for_people=True),
+            config=resolved.document(),
+            config_yaml=dump(resolved.document(), for_people=True),
             swift_version=resolved.major,
-            env=_redacted(cmd.env),
+            env=redact(cmd.env),
             unset=cmd.unset,
             argv=cmd.argv,
             cwd=str(cwd),
@@ -250,13 +232,6 @@ def run(
     if mode != "quiet":
         _summary(record, outcome, stats, wall)
     return outcome.returncode
-
-
-def _config_doc(resolved: Resolved) -> dict[str, Any]:
-    doc: dict[str, Any] = resolved.config.model_dump(exclude={"extends", "args"}, exclude_none=True)
-    doc["args"] = dict(resolved.args)
-    doc["swift_version"] = resolved.major
-    return doc
 
 
 def _start_of(pid: int) -> int | None:
@@ -412,12 +387,12 @@ def resume(run_dir: Path, opts: RunOptions) -> int:
     ):
         raise RefusedError(
             problems=[
-                Problem(
+                report(
+                    "H011",
                     str(run_dir),
                     "this run is still running; a second training would write into the same place",
                     f"stop it first: sftctl stop {run_dir}",
                 ),
-                Problem("", "refused before launch: nothing was started"),
             ]
         )
     folder = Path(data.get("run_dir") or run_dir)
@@ -425,12 +400,12 @@ def resume(run_dir: Path, opts: RunOptions) -> int:
     if not done:
         raise RefusedError(
             problems=[
-                Problem(
+                report(
+                    "H010",
                     str(folder),
                     "no complete checkpoint to resume from",
                     "start the run again with sftctl run",
                 ),
-                Problem("", "refused before launch: nothing was started"),
             ]
         )
     # The YAML keeps numbers as they were written (1e-4), unlike the JSON copy.

@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -35,7 +35,6 @@ class Stats:
     train_runtime: float | None = None
     steps_per_second: float | None = None
     lines: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def update(self, row: dict[str, Any]) -> bool:
         """Fold one logging.jsonl row in; True when it was a training step."""

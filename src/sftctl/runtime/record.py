@@ -194,11 +194,13 @@ def read_manifest(path: Path) -> tuple[Path, dict[str, Any]]:
             if "moved_to" in data:
                 return read_manifest(Path(data.get("manifest") or data["moved_to"]))
             return cand, data
-    from sftctl.errors import ConfigError, Problem
+    from sftctl.checks.registry import report
+    from sftctl.errors import ConfigError
 
     raise ConfigError(
         problems=[
-            Problem(
+            report(
+                "R002",
                 str(path),
                 "no sftctl manifest here",
                 "give a run folder (v<N>-...) or its output_dir/.sftctl/<id>",

@@ -31,7 +31,6 @@ __all__ = [
     "FORWARDED_SIGNALS",
     "Outcome",
     "ProcRef",
-    "descendants_of",
     "find_free_port",
     "port_in_use",
     "proc_ref",
@@ -147,11 +146,6 @@ def _walk(roots: Iterable[int], children: dict[int, list[int]]) -> Iterator[int]
                 seen.add(child)
                 yield child
                 stack.append(child)
-
-
-def descendants_of(pid: int) -> list[int]:
-    """Pids of all current descendants of `pid` (not `pid` itself), by /proc ppid links."""
-    return sorted(_walk([pid], _children_map(_proc_table())))
 
 
 class _Tree:

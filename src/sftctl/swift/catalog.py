@@ -6,7 +6,6 @@ as package data; reading it imports nothing from ms-swift.
 
 from __future__ import annotations
 
-import difflib
 import json
 from dataclasses import dataclass
 from functools import cache
@@ -27,6 +26,7 @@ class Argument:
     choices: tuple[str, ...] | None
     default: Any
     help: str
+    help_choices: tuple[str, ...] | None = None  # values ms-swift checks in code, not in argparse
 
     @property
     def is_list(self) -> bool:
@@ -48,10 +48,6 @@ class Catalog:
     def __contains__(self, name: object) -> bool:
         return name in self.arguments
 
-    def near(self, name: str, n: int = 3) -> list[str]:
-        """Names close to ``name`` (for did-you-mean)."""
-        return difflib.get_close_matches(name, list(self.arguments), n=n, cutoff=0.75)
-
     def expansions(self, name: str) -> list[str]:
         """Names argparse would accept ``name`` as an abbreviation of."""
         return sorted(a for a in self.arguments if a.startswith(name) and a != name)
@@ -68,6 +64,7 @@ def _argument(name: str, spec: dict[str, Any]) -> Argument:
         choices=tuple(str(c) for c in choices) if choices else None,
         default=spec.get("default"),
         help=spec.get("help") or "",
+        help_choices=tuple(spec["help_choices"]) if spec.get("help_choices") else None,
     )
 
 

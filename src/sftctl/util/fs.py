@@ -10,12 +10,17 @@ from typing import Any
 
 
 def write_atomic(path: Path, text: str, *, executable: bool = False) -> None:
-    """Write ``text`` to a temporary file beside ``path``, fsync it, and rename it over ``path``."""
+    """Write ``text`` (UTF-8) to a temporary file beside ``path``, fsync it, rename it over ``path``."""
+    write_bytes_atomic(path, text.encode("utf-8"), executable=executable)
+
+
+def write_bytes_atomic(path: Path, data: bytes, *, executable: bool = False) -> None:
+    """:func:`write_atomic` for bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o755 if executable else 0o644)
