@@ -94,7 +94,7 @@ def test_two_processes_without_gpu_or_use_cpu(sandbox: tuple[Path, dict[str, str
     work, env, marker = sandbox
     out = _run(work, env, "cpu-smoke-ddp", "--set", "use_cpu=false")
     assert out.returncode == 1
-    assert "2 processes with no visible GPU and use_cpu unset" in out.stderr
+    assert "2 processes with no visible GPU and use_cpu is false" in out.stderr
     assert "set args.use_cpu: true" in out.stderr
     assert not marker.exists()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import pytest
 
 import sftctl
 from sftctl.runtime.supervise import (
+    StartError,
     find_free_port,
     port_in_use,
     proc_ref,
@@ -261,8 +263,9 @@ def test_a_failing_callback_leaves_nothing_running(members: list[tuple[int, int]
     with pytest.raises(RuntimeError, match="display broke"):
         run_supervised([*TREE], dict(os.environ), on_line=on_line, grace=1.0, poll_interval=0.05)
     assert len(members) == 5 and [m for m in members if running(*m)] == []
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(StartError) as info:  # not any OSError: a start failure, told apart
         run_supervised(["/nonexistent/swift"], dict(os.environ))
+    assert info.value.errno == errno.ENOENT
     assert signal.getsignal(signal.SIGTERM) is before
 
 

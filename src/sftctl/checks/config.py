@@ -51,10 +51,32 @@ def _schema_fix(err: Any) -> str:
     return "see the README's section on writing your own config"
 
 
-def schema_problems(exc: ValidationError, loaded: Loaded) -> list[Problem]:
-    """pydantic's findings on the config's shape, as problems with the key and a fix."""
+def schema_problems(exc: ValidationError, loaded: Loaded, cat: catalog.Catalog) -> list[Problem]:
+    """pydantic's findings on the config's shape, as problems with the key and a fix.
+
+    Top-level keys that are ms-swift arguments mean a flat ms-swift config (the format of
+    ``swift sft --config``): one problem says to put them under ``args:``."""
     out: list[Problem] = []
-    for err in exc.errors():
+    errors = exc.errors()
+    flat = [
+        str(e["loc"][0])
+        for e in errors
+        if e["type"] == "extra_forbidden" and len(e["loc"]) == 1 and _is_argument(str(e["loc"][0]), cat)
+    ]
+    if flat:
+        out.append(
+            report(
+                "C008",
+                loaded.target,
+                f"{', '.join(flat)}: ms-swift argument{'s' if len(flat) > 1 else ''} at the top level; "
+                "this looks like a flat ms-swift config",
+                "indent them under an 'args:' line (sftctl keeps description, extends, launch and env "
+                "at the top level)",
+            )
+        )
+    for err in errors:
+        if err["type"] == "extra_forbidden" and len(err["loc"]) == 1 and str(err["loc"][0]) in flat:
+            continue
         loc = ".".join(str(p) for p in err["loc"])
         at = where(loaded, loc)
         if err["type"] == "extra_forbidden":
@@ -65,6 +87,11 @@ def schema_problems(exc: ValidationError, loaded: Loaded) -> list[Problem]:
             value = err.get("input")
             out.append(report("C002", at, f"{err['msg']} (got {value!r})", _schema_fix(err)))
     return out
+
+
+def _is_argument(name: str, cat: catalog.Catalog) -> bool:
+    name = name.replace("-", "_")
+    return (dialect.spelling(name, cat.major) or name) in cat
 
 
 def _unknown_argument(name: str, at: str, cat: catalog.Catalog) -> Problem:
@@ -100,6 +127,13 @@ def _unknown_argument(name: str, at: str, cat: catalog.Catalog) -> Problem:
             f"'{name}' is not an argument; "
             f"ms-swift would read it as an abbreviation of one of {', '.join(full)}",
             "write the full name",
+        )
+    if name in LAUNCH_KEYS:
+        return report(
+            "A001",
+            at,
+            f"'{name}' is not an ms-swift argument but a launch setting",
+            f"write it under launch: (--set launch.{name}=VALUE)",
         )
     fix = (
         did_you_mean(name, cat.arguments)

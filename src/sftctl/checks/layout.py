@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from sftctl.checks.registry import report
 from sftctl.config.schema import Launch
 from sftctl.errors import Problem
@@ -12,7 +15,11 @@ def _divisors(n: int) -> str:
     return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
 
 
-def check(launch: Launch, layout: Layout) -> list[Problem]:
+def _use_cpu_state(args: Mapping[str, Any]) -> str:
+    return "unset" if args.get("use_cpu") is None else f"is {args['use_cpu']!s}".lower()
+
+
+def check(launch: Launch, layout: Layout, launch_args: Mapping[str, Any]) -> list[Problem]:
     """Every layout rule that ``layout`` (planned from ``launch``) breaks, each with its fix."""
     problems: list[Problem] = []
     if launch.nnodes > 1:
@@ -38,9 +45,16 @@ def check(launch: Launch, layout: Layout) -> list[Problem]:
             )
         dupes = sorted({g for g in launch.gpus if launch.gpus.count(g) > 1})
         if dupes:
+            unique = ",".join(str(g) for g in dict.fromkeys(launch.gpus))
             problems.append(
-                report("L003", "launch.gpus", f"GPU ids listed twice: {dupes}", "list each GPU once")
+                report(
+                    "L003",
+                    "launch.gpus",
+                    f"GPU ids listed twice: {dupes}",
+                    f"list each GPU once: gpus: {unique}",
+                )
             )
+            return problems  # counting processes against a list that is wrong anyway would mislead
     if layout.gpus is None or layout.use_cpu:
         return problems
     n, nproc = len(layout.gpus), layout.nproc
@@ -51,7 +65,8 @@ def check(launch: Launch, layout: Layout) -> list[Problem]:
                 report(
                     "L007",
                     "launch.nproc_per_node",
-                    f"{nproc} processes with no visible GPU and use_cpu unset: ms-swift would start "
+                    f"{nproc} processes with no visible GPU and use_cpu {_use_cpu_state(launch_args)}: "
+                    f"ms-swift would start "
                     f"{nproc} processes that each train their own copy of the model and exit 0",
                     "set args.use_cpu: true for real CPU data parallelism, or make GPUs visible",
                 )
@@ -62,7 +77,10 @@ def check(launch: Launch, layout: Layout) -> list[Problem]:
                 "L004",
                 "launch.nproc_per_node",
                 f"{nproc} processes per node but only {n} visible GPU(s) ({ids}): each process needs a GPU",
-                f"set launch.nproc_per_node to {n} or fewer, or list more GPUs",
+                f"--set launch.nproc_per_node={n} (one process per GPU), or list {nproc} GPUs"
+                if layout.shard
+                else f"--set launch.nproc_per_node={n} (or a divisor of {n}: {_divisors(n)}), "
+                f"or list {nproc} GPUs",
             )
         )
     elif n % nproc:

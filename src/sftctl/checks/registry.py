@@ -61,6 +61,8 @@ RULES: dict[str, Rule] = {
             ("C004", "a --set that is not KEY=VALUE"),
             ("C005", "a --set into an unknown config section"),
             ("C006", "an invalid or unsupported swift_version"),
+            ("C007", "an empty --set value for an argument that takes no string"),
+            ("C008", "a flat ms-swift config (its keys belong under args:)"),
             ("A001", "an unknown ms-swift argument"),
             ("A002", "an argument removed in the target ms-swift version"),
             ("A003", "an ms-swift 2.x argument name"),

@@ -8,6 +8,7 @@ imports torch, transformers or ms-swift.
 
 import os
 import sys
+from typing import Annotated
 
 from sftctl.util.envvars import quiet_pydantic_plugins
 
@@ -22,10 +23,31 @@ app = typer.Typer(
     name="sftctl",
     help="Validated, reproducible ms-swift SFT runs from YAML presets.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from sftctl import __version__
+
+        print(f"sftctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print sftctl's version and exit."),
+    ] = False,
+) -> None:
+    """Validated, reproducible ms-swift SFT runs from YAML presets."""
+
+
 config_cmds.register(app)
 run_cmds.register(app)
 

@@ -2,6 +2,7 @@
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -104,7 +105,9 @@ def validate(
                 if not probs:
                     print(f"{t}: ok")
                 for problem in probs:
-                    err(f"{t}: {problem.render()}")
+                    # A problem of the file itself is located at the file: name it once.
+                    shown = replace(problem, location="") if problem.location == t else problem
+                    err(f"{t}: {shown.render()}")
         if bad:
             raise typer.Exit(EXIT_INVALID)
 

@@ -38,14 +38,12 @@ def run(
     """Check the config and this machine, then launch and supervise the training command."""
     with boundary():
         name = spec.one()
-        if dry_run:
-            from sftctl.cli.config_cmds import render_text
-
-            sys.stdout.write(render_text(spec, "sh"))
-            return
         from sftctl.runtime import launch
 
         opts = launch.RunOptions(detach=detach, resume=resume, grace=grace, quiet=quiet, run_id=run_id)
+        if dry_run:
+            sys.stdout.write(launch.dry_run_text(name, spec.overrides(), opts))
+            return
         code = launch.run(name, spec.overrides(), opts)
     raise typer.Exit(code)
 

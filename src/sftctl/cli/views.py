@@ -94,6 +94,20 @@ def runs_table(output_dir: Path, as_json: bool) -> None:
     """The runs recorded under ``output_dir``."""
     from sftctl.runtime.record import list_runs
 
+    if not output_dir.is_dir():
+        from sftctl.checks.registry import report
+        from sftctl.errors import ConfigError
+
+        raise ConfigError(
+            problems=[
+                report(
+                    "R002",
+                    str(output_dir),
+                    "no such folder",
+                    "give the output_dir of the runs (e.g. output/cpu-smoke), as the config sets it",
+                )
+            ]
+        )
     rows = list_runs(output_dir)
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2, ensure_ascii=False, default=str) + "\n")
@@ -102,7 +116,7 @@ def runs_table(output_dir: Path, as_json: bool) -> None:
     from rich.table import Table
 
     table = Table(box=None, header_style="bold")
-    for col in ("run", "target", "status", "exit", "started", "wall s", "loss", "last checkpoint"):
+    for col in ("run", "id", "target", "status", "exit", "started", "wall s", "loss", "last checkpoint"):
         table.add_column(col, overflow="fold")
     for r in rows:
         loss = (
@@ -113,6 +127,8 @@ def runs_table(output_dir: Path, as_json: bool) -> None:
         folder = r.get("run_dir") or r.get("staging_dir") or ""
         table.add_row(
             Path(folder).name,
+            # Runs of one add_version: false folder share it; the id tells them apart.
+            str(r.get("run_id", "")),
             str(r.get("target", "")),
             str(r.get("status", "")),
             "" if r.get("exit_code") is None else str(r["exit_code"]),

@@ -15,6 +15,7 @@ from typing import Any
 from sftctl.checks.registry import report
 from sftctl.config.yamlio import load_text
 from sftctl.errors import ConfigError
+from sftctl.swift.dialect import canonical
 from sftctl.util.text import did_you_mean
 
 SUFFIXES = (".yaml", ".yml")
@@ -48,10 +49,20 @@ class Loaded:
     data: dict[str, Any]
     origin: dict[str, str] = field(default_factory=dict)  # dotted key -> layer label
     layers: list[Layer] = field(default_factory=list)
+    # A config read back from a run's manifest keeps the hash and files of the original.
+    recorded_digest: str | None = None
+    recorded_files: list[str] | None = None
+
+    @property
+    def files(self) -> list[str]:
+        """The files of the extends chain, base first."""
+        return self.recorded_files if self.recorded_files is not None else [x.label for x in self.layers]
 
     @property
     def digest(self) -> str:
         """A hash of every file in the chain: which exact preset text produced this run."""
+        if self.recorded_digest is not None:
+            return self.recorded_digest
         h = hashlib.sha256()
         for layer in self.layers:
             h.update(layer.label.encode() + b"\0" + layer.text.encode() + b"\0")
@@ -105,7 +116,8 @@ def list_presets() -> list[PresetInfo]:
     for name, (where, text) in _builtin_texts().items():
         found[name] = PresetInfo(name, "builtin", _description(text), where)
     for name, path in _user_files().items():
-        found[name] = PresetInfo(name, "user", _description(path.read_text("utf-8")), str(path))
+        origin = "user, shadows shipped" if name in found else "user"
+        found[name] = PresetInfo(name, origin, _description(path.read_text("utf-8")), str(path))
     return [found[k] for k in sorted(found)]
 
 
@@ -127,13 +139,24 @@ def _read_preset(name: str, where: str = "preset") -> Layer:
 
 
 def _read_file(path: Path, where: str | None = None) -> Layer:
+    if path.is_dir():
+        raise ConfigError(
+            problems=[
+                report(
+                    "F007",
+                    where or str(path),
+                    f"{path} is a folder, not a config file" if where else "is a folder, not a config file",
+                    "give the path of a YAML file, or a preset name from 'sftctl presets'",
+                )
+            ]
+        )
     if not path.is_file():
         raise ConfigError(
             problems=[
                 report(
                     "F007",
                     where or str(path),
-                    f"no such config file: {path}",
+                    f"no such file: {path}" if where else "no such file",
                     "give a path to a YAML file, or a preset name from 'sftctl presets'",
                 )
             ]
@@ -170,6 +193,13 @@ def _merge(
                 del origin[k]
         elif isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = _merge(out[key], value, origin, label, path + ".")
+        elif prefix == "args." and (same := other_spellings(out, str(key))):
+            # A child's train_type replaces its parent's tuner_type: one argument, two names.
+            for other in same:
+                out.pop(other)
+                origin.pop(f"args.{other}", None)
+            out[key] = value
+            origin[path] = label
         else:
             out[key] = value
             for k in [k for k in origin if k.startswith(path + ".")]:
@@ -181,9 +211,15 @@ def _merge(
     return out
 
 
+def other_spellings(args: dict[str, Any], key: str) -> list[str]:
+    """Keys of ``args`` that name the same ms-swift argument as ``key`` under another spelling."""
+    want = canonical(key.replace("-", "_"))
+    return [k for k in args if k != key and canonical(str(k).replace("-", "_")) == want]
+
+
 def load(target: str) -> Loaded:
     """Load a preset name or a YAML path, following ``extends`` to its root."""
-    is_path = looks_like_path(target) or Path(target).is_file()
+    is_path = looks_like_path(target) or Path(target).exists()
     first = _read_file(Path(target)) if is_path else _read_preset(target)
     chain: list[tuple[Layer, dict[str, Any]]] = []
     seen: list[str] = []

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from sftctl.checks import config as rules
 from sftctl.checks import layout as layout_rules
 from sftctl.checks.registry import report
-from sftctl.config.presets import Loaded, load, set_path
+from sftctl.config.presets import Loaded, load, other_spellings, set_path
 from sftctl.config.schema import RunConfig
 from sftctl.errors import ConfigError, Problem, UsageError, errors_of
 from sftctl.resources.layout import Layout, effective_batch, plan
@@ -98,6 +98,16 @@ def _apply_overrides(loaded: Loaded, ov: Overrides, cat: catalog.Catalog, proble
                 report("C004", "--set", f"'{item}' has no key", "write e.g. --set learning_rate=1e-4")
             )
             continue
+        if not text.strip() and not _takes_empty(key, cat):
+            problems.append(
+                report(
+                    "C007",
+                    f"--set {key}",
+                    "has an empty value",
+                    f"write --set {key}=VALUE, or --set {key}=null to remove the inherited value",
+                )
+            )
+            continue
         if "." in key:
             head = key.split(".", 1)[0]
             if head not in ("launch", "env", "args"):
@@ -127,13 +137,23 @@ def _apply_overrides(loaded: Loaded, ov: Overrides, cat: catalog.Catalog, proble
         set_path(loaded, "args.model", ov.model, "--model")
 
 
+def _takes_empty(key: str, cat: catalog.Catalog) -> bool:
+    """An empty ``--set`` value means the empty string only where a string is expected:
+    environment variables, ``launch.gpus`` (no GPU) and string arguments."""
+    if key.startswith("env.") or key == "launch.gpus":
+        return True
+    if key.startswith("launch."):
+        return False
+    arg = _lookup(cat, key.split(".", 1)[1] if key.startswith("args.") else key)
+    return arg is not None and arg.type == "str" and not arg.is_list
+
+
 def _drop_other_spellings(loaded: Loaded, key: str) -> None:
     """`--set train_type=lora` on a config that says tuner_type: the override replaces it."""
     args = loaded.data.get("args")
     if not isinstance(args, dict):
         return
-    want = dialect.canonical(key.replace("-", "_"))
-    for other in [k for k in args if k != key and dialect.canonical(str(k).replace("-", "_")) == want]:
+    for other in other_spellings(args, key):
         set_path(loaded, f"args.{other}", None, "--set")
 
 
@@ -171,7 +191,7 @@ def resolve_loaded(
     try:
         config = RunConfig.model_validate({**loaded.data, "args": {}})
     except ValidationError as exc:
-        raise ConfigError(problems=problems + rules.schema_problems(exc, loaded)) from None
+        raise ConfigError(problems=problems + rules.schema_problems(exc, loaded, cat)) from None
     if not isinstance(raw_args, dict):
         problems.append(
             report(
@@ -188,7 +208,7 @@ def resolve_loaded(
     rules.check_env(config.env, problems)
     rules.check_combinations(args, cat, problems, written)
     layout = plan(config.launch, args, visible)
-    problems += layout_rules.check(config.launch, layout)
+    problems += layout_rules.check(config.launch, layout, args)
     if errors_of(problems):
         raise ConfigError(problems=problems)
     config = config.model_copy(update={"args": args})

@@ -3,6 +3,7 @@ process tree, a manifest of exactly what ran, and progress while it runs."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -43,7 +44,13 @@ class RunOptions:
 
 
 def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    """A status line to stderr. When the terminal is gone (closed window: EIO; a closed
+    pipe: EPIPE), sftctl's own output is dropped and the run and its record carry on."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except OSError:
+        devnull = open(os.devnull, "w")  # noqa: SIM115 - stays open for the process's life
+        sys.stdout = sys.stderr = devnull
 
 
 def _materialise(resolved: Resolved) -> dict[str, str]:
@@ -72,6 +79,51 @@ def _model_dir(resolved: Resolved, paths: Mapping[str, str], cwd: Path) -> Path 
     return local if (local / "config.json").is_file() else None
 
 
+def _finished(checkpoint: Path) -> bool:
+    """The checkpoint is the end of its training (its trainer state reached max_steps)."""
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        return bool(state.get("max_steps")) and int(state["global_step"]) >= int(state["max_steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _output_dir(resolved: Resolved, cwd: Path) -> Path:
+    out = Path(str(resolved.args.get("output_dir") or "output")).expanduser()
+    return out if out.is_absolute() else cwd / out
+
+
+def _resume_point(resolved: Resolved, cwd: Path) -> Path | None:
+    """For ``--resume``: the checkpoint to continue from (set in the args), refused when none."""
+    if "resume_from_checkpoint" in resolved.args:
+        return Path(str(resolved.args["resume_from_checkpoint"]))
+    output_dir = _output_dir(resolved, cwd)
+    last = _last_checkpoint(output_dir, resolved.args.get("add_version", True) is False)
+    if last is None:
+        raise RefusedError(
+            problems=[
+                report(
+                    "H010",
+                    "--resume",
+                    f"no complete checkpoint under {output_dir}",
+                    "start the run without --resume",
+                )
+            ]
+        )
+    resolved.args["resume_from_checkpoint"] = str(last)
+    return last
+
+
+def dry_run_text(target: str, overrides: Overrides, opts: RunOptions, cwd: Path | None = None) -> str:
+    """Exactly what ``run`` would start, as a script (the checkpoint ``--resume`` picks included)."""
+    from sftctl import render
+
+    resolved = resolve(target, overrides, env=os.environ)
+    if opts.resume:
+        _resume_point(resolved, cwd or Path.cwd())
+    return render.to_sh(resolved, launchers.build(resolved, builtin_paths(resolved)))
+
+
 def _last_checkpoint(output_dir: Path, in_place: bool) -> Path | None:
     """The newest complete checkpoint of the latest run under ``output_dir``."""
     folders = (
@@ -92,23 +144,8 @@ def prepare(
     """Every check that can refuse the run, then the exact command. Starts nothing."""
     paths = _materialise(resolved)
     problems = hostcheck.check(resolved, env, cwd=cwd, path_of=paths)
-    output_dir = Path(str(resolved.args.get("output_dir") or "output")).expanduser()
-    output_dir = output_dir if output_dir.is_absolute() else cwd / output_dir
-    in_place = resolved.args.get("add_version", True) is False
+    output_dir = _output_dir(resolved, cwd)
     problems += hostcheck.check_output_dir(resolved, output_dir, opts.resume)
-    if opts.resume and "resume_from_checkpoint" not in resolved.args:
-        last = _last_checkpoint(output_dir, in_place)
-        if last is None:
-            problems.append(
-                report(
-                    "H010",
-                    "--resume",
-                    f"no complete checkpoint under {output_dir}",
-                    "start the run without --resume",
-                )
-            )
-        else:
-            resolved.args["resume_from_checkpoint"] = str(last)
     launch = resolved.config.launch
     port = launch.master_port
     distributed = launch.launcher == "torchrun" or launch.nproc_per_node > 1 or launch.nnodes > 1
@@ -151,6 +188,14 @@ def run(
         if loaded is not None
         else resolve(target, overrides, env=env, visible=visible)
     )
+    if opts.resume:
+        point = _resume_point(resolved, cwd)
+        if point is not None and _finished(point):
+            _say(
+                f"sftctl: {point} is the end of its run (all steps trained): "
+                "nothing to resume, nothing started"
+            )
+            return 0
     cmd, _paths, output_dir, warnings = prepare(resolved, env, opts, cwd)
     for warning in warnings:
         _say(f"warning: {warning}")
@@ -163,7 +208,7 @@ def run(
             target=target,
             preset=resolved.loaded.preset,
             preset_hash=resolved.loaded.digest,
-            files=[layer.label for layer in resolved.loaded.layers],
+            files=resolved.loaded.files,
             config=resolved.document(),
             config_yaml=dump(resolved.document(), for_people=True),
             swift_version=resolved.major,
@@ -171,7 +216,8 @@ def run(
             unset=cmd.unset,
             argv=cmd.argv,
             cwd=str(cwd),
-            gpus=env.get("CUDA_VISIBLE_DEVICES", cmd.env.get("CUDA_VISIBLE_DEVICES")),
+            # What the training processes see: the rendered list wins over the inherited one.
+            gpus=cmd.env.get("CUDA_VISIBLE_DEVICES", env.get("CUDA_VISIBLE_DEVICES")),
             layout=resolved.layout.description,
             supervisor_pid=os.getpid(),
             grace=opts.grace,
@@ -193,6 +239,11 @@ def run(
     wall = time.monotonic()
     try:
         with Follower(record.discover, mode, start_offset=record.jsonl_offset) as follower:
+
+            def on_line(line: str) -> None:
+                record.announce(line)
+                follower.feed_line(line)
+
             outcome = supervise.run_supervised(
                 cmd.argv,
                 child_env(cmd, env),
@@ -200,9 +251,9 @@ def run(
                 log_path=record.log,
                 grace=opts.grace,
                 on_start=started,
-                on_line=record.announce,
+                on_line=on_line,
             )
-    except OSError as exc:
+    except supervise.StartError as exc:
         record.finish(status="failed to start", exit_code=None, error=str(exc))
         raise LaunchError(f"could not run {cmd.argv[0]}: {exc}") from None
     wall = time.monotonic() - wall
@@ -257,6 +308,9 @@ def _summary(record: RunRecord, outcome: supervise.Outcome, stats: Any, wall: fl
         lines += [f"  | {t}" for t in tail]
     if record.data.get("last_checkpoint"):
         lines.append(f"  checkpoint: {record.data['last_checkpoint']}")
+        if outcome.returncode != 0:
+            folder = record.run_dir or record.staging
+            lines.append(f"  resume: sftctl resume {folder}")
     if stats.first_loss is not None:
         lines.append(
             f"  loss: {stats.first_loss:.4f} (first) -> {stats.loss:.4f} (last), {stats.steps_text()}"
@@ -270,7 +324,7 @@ def _summary(record: RunRecord, outcome: supervise.Outcome, stats: Any, wall: fl
 
 def _detach(target: str, overrides: Overrides, opts: RunOptions, output_dir: Path) -> int:
     """Start `sftctl run` again in its own session, so the run survives this terminal."""
-    from sftctl.runtime.record import POINTER, STAGING, new_run_id
+    from sftctl.runtime.record import LOG, POINTER, STAGING, new_run_id
 
     run_id = new_run_id()
     staging = output_dir / STAGING / run_id
@@ -323,7 +377,8 @@ def _detach(target: str, overrides: Overrides, opts: RunOptions, output_dir: Pat
     _say(
         f"sftctl: started in the background (supervisor pid {proc.pid})\n"
         f"  manifest and log: {staging} (they move into the run folder once ms-swift creates it)\n"
-        f"  follow: sftctl runs {output_dir}\n"
+        f"  log:    tail -F {staging / LOG}\n"
+        f"  runs:   sftctl runs {output_dir}\n"
         f"  stop:   sftctl stop {staging}"
     )
     return 0
@@ -397,6 +452,12 @@ def resume(run_dir: Path, opts: RunOptions) -> int:
         )
     folder = Path(data.get("run_dir") or run_dir)
     done = complete_checkpoints(folder)
+    if done and _finished(done[-1]):
+        _say(
+            f"sftctl: the run in {folder} is complete ({done[-1].name} is its last step, "
+            f"status {data.get('status')}): nothing to resume, nothing started"
+        )
+        return 0
     if not done:
         raise RefusedError(
             problems=[
@@ -416,6 +477,8 @@ def resume(run_dir: Path, opts: RunOptions) -> int:
         preset=data.get("preset"),
         data=config,
         origin={f"args.{k}": "manifest" for k in config["args"]},
+        recorded_digest=data.get("preset_hash"),
+        recorded_files=list(data.get("files") or []),
     )
     return run(
         data.get("target", str(run_dir)),

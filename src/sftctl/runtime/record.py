@@ -68,6 +68,7 @@ class RunRecord:
     _before: set[str] = field(default_factory=set)
     _announced: Path | None = None
     _lock: threading.RLock = field(default_factory=threading.RLock)
+    _created: float = field(default_factory=time.time)
 
     @classmethod
     def create(
@@ -101,9 +102,17 @@ class RunRecord:
             write_json_atomic(self.manifest_path, self.data)
 
     def discover(self) -> Path | None:
-        """The run folder of this run, once ms-swift has named and created it."""
+        """The run folder of this run, once ms-swift has named and created it.
+
+        With add_version false ms-swift names no folder: it writes into output_dir itself,
+        and its args.json, written as training starts, tells that this run has begun there."""
         if self.run_dir is None and self._announced is not None and self._announced.is_dir():
             self.adopt(self._announced)
+        if self.run_dir is None and self.in_place:
+            args = self.output_dir / "args.json"
+            with contextlib.suppress(OSError):
+                if args.stat().st_mtime >= self._created:
+                    self.adopt(self.output_dir)
         return self.run_dir
 
     def announce(self, line: str) -> None:
@@ -152,6 +161,9 @@ class RunRecord:
             self.run_dir = run_dir
             if old_log.exists():
                 os.replace(old_log, self.log)  # the open log descriptor follows the file
+                # `tail -F` on the staging path (what --detach prints) follows it here.
+                with contextlib.suppress(OSError):
+                    old_log.symlink_to(self.log)
             self.data["run_dir"] = str(run_dir)
             self.data["log"] = str(self.log)
             self.write()

@@ -31,6 +31,7 @@ __all__ = [
     "FORWARDED_SIGNALS",
     "Outcome",
     "ProcRef",
+    "StartError",
     "find_free_port",
     "port_in_use",
     "proc_ref",
@@ -66,6 +67,10 @@ class Outcome:
     ended_at: float
     leftovers: list[int]
     """Descendants still running when the leader exited on its own (then stopped)."""
+
+
+class StartError(OSError):
+    """The command could not be started at all (as opposed to any later I/O error)."""
 
 
 class ProcRef(NamedTuple):
@@ -316,7 +321,7 @@ def run_supervised(
     whole tree; after `grace` seconds, or at a second signal, survivors get
     SIGKILL. If the leader exits on its own while descendants still run (the
     `swift` launcher orphans its child), those get SIGTERM, then SIGKILL after
-    `leftover_grace`. Raises OSError if the command cannot be started.
+    `leftover_grace`. Raises StartError if the command cannot be started.
     """
     pending: list[int] = []
     wake_r, wake_w = os.pipe()
@@ -343,15 +348,18 @@ def run_supervised(
             log_path.parent.mkdir(parents=True, exist_ok=True)
             log = open(log_path, "ab", buffering=0)  # noqa: SIM115 - closed in finally
         started_at = time.time()
-        proc = subprocess.Popen(
-            argv,
-            env=env,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        try:
+            proc = subprocess.Popen(
+                argv,
+                env=env,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise StartError(exc.errno, exc.strerror, exc.filename) from exc
         # Not reaped before we poll it, so the leader's /proc entry is there (maybe a zombie).
         st = _read_stat(proc.pid)
         leader = ProcRef(proc.pid, st.start if st is not None else 0)

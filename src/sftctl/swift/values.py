@@ -35,6 +35,14 @@ def _int_example(arg: Argument) -> int:
     return arg.default if isinstance(arg.default, int) and not isinstance(arg.default, bool) else 1
 
 
+def _float_example(arg: Argument) -> str:
+    """An example value for a float argument: its own default where it has one."""
+    default = arg.default
+    if isinstance(default, (int, float)) and not isinstance(default, bool) and default:
+        return f"{default:g}"
+    return "1e-4" if "rate" in arg.name else "1.0"
+
+
 def _scalar(arg: Argument, value: Any) -> Any:
     kind = arg.type
     if kind == "bool":
@@ -60,14 +68,14 @@ def _scalar(arg: Argument, value: Any) -> Any:
             except ValueError:
                 raise ValueProblem(
                     f"{arg.name} must be an integer, got {_describe(value)}",
-                    f"write a whole number, e.g. {arg.name}: 1",
+                    f"write a whole number, e.g. {arg.name}: {_int_example(arg)}",
                 ) from None
         return value
     if kind == "float":
         if isinstance(value, bool):
             raise ValueProblem(
                 f"{arg.name} must be a number, got {_describe(value)}",
-                f"write e.g. {arg.name}: 1e-4",
+                f"write e.g. {arg.name}: {_float_example(arg)}",
             )
         if isinstance(value, (int, float)):
             return value
@@ -77,7 +85,8 @@ def _scalar(arg: Argument, value: Any) -> Any:
             except ValueError:
                 pass
         raise ValueProblem(
-            f"{arg.name} must be a number, got {_describe(value)}", f"write e.g. {arg.name}: 1e-4"
+            f"{arg.name} must be a number, got {_describe(value)}",
+            f"write e.g. {arg.name}: {_float_example(arg)}",
         )
     if kind == "json":
         if isinstance(value, (dict, list)):
