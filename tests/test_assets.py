@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from sftctl.assets import builder
+from sftctl.util import dirs
 
 MODEL_REF = "builtin:tiny-qwen3"
 DATA_REF = "builtin:demo-sft"
@@ -74,9 +75,9 @@ def test_module_import_is_light() -> None:
 
 def test_cache_dir_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SFTCTL_CACHE", str(tmp_path / "c"))
-    assert builder.cache_dir() == tmp_path / "c"
+    assert dirs.cache_dir() == tmp_path / "c"
     monkeypatch.delenv("SFTCTL_CACHE")
-    assert builder.cache_dir().name == "sftctl"
+    assert dirs.cache_dir().name == "sftctl"
 
 
 def test_lock_excludes_other_holders(tmp_path: Path) -> None:

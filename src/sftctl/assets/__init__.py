@@ -17,7 +17,8 @@ def builtin_paths(resolved: Resolved) -> dict[str, str]:
     that ``<sftctl-cache>`` in env values stands for."""
     if not _uses_builtins(resolved):
         return {}  # most configs: no need to work out (and import) the cache location
-    from sftctl.assets.builder import BUILTINS, cache_dir
+    from sftctl.assets.builder import BUILTINS
+    from sftctl.util.dirs import cache_dir
 
     root = cache_dir()
     out = {CACHE_PLACEHOLDER: str(root)}

@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from sftctl.util.dirs import cache_dir
 from sftctl.util.fs import write_bytes_atomic
 
 MODEL_NAME = "tiny-qwen3"
@@ -112,16 +113,6 @@ CHAT_TEMPLATE = (
 def is_builtin(ref: str) -> bool:
     """True if ``ref`` names a known built-in asset (``builtin:<name>``)."""
     return ref in BUILTINS
-
-
-def cache_dir() -> Path:
-    """Root of sftctl's cache: ``$SFTCTL_CACHE`` if set, else the user cache dir."""
-    env = os.environ.get("SFTCTL_CACHE")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("sftctl"))
 
 
 def dataset_bytes() -> bytes:

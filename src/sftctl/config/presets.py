@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -16,6 +15,7 @@ from sftctl.checks.registry import report
 from sftctl.config.yamlio import load_text
 from sftctl.errors import ConfigError
 from sftctl.swift.dialect import canonical
+from sftctl.util.dirs import user_preset_dir
 from sftctl.util.text import did_you_mean
 
 SUFFIXES = (".yaml", ".yml")
@@ -67,19 +67,6 @@ class Loaded:
         for layer in self.layers:
             h.update(layer.label.encode() + b"\0" + layer.text.encode() + b"\0")
         return h.hexdigest()[:16]
-
-
-def user_preset_dir() -> Path:
-    """The user's own presets: ``$SFTCTL_PRESETS`` or the platform's config dir."""
-    env = os.environ.get("SFTCTL_PRESETS")
-    if env:
-        return Path(env)
-    if sys.platform.startswith("linux"):
-        # What platformdirs answers on Linux, without importing it on every start-up.
-        return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "sftctl" / "presets"
-    from platformdirs import user_config_dir
-
-    return Path(user_config_dir("sftctl")) / "presets"
 
 
 @cache
