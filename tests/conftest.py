@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -89,3 +90,37 @@ def e2e_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
         path.mkdir(parents=True, exist_ok=True)
         return path
     return tmp_path_factory.mktemp("sftctl-cache")
+
+
+def pause_hook(
+    folder: Path,
+    env: dict[str, str],
+    *,
+    after_step: int | None = None,
+    marker: Path | None = None,
+    step_delay: float = 0.0,
+    pause_s: float = 600,
+) -> dict[str, str]:
+    """`env` with tests/procs/pause_hook.py installed as the `sitecustomize` of every
+    Python process started with it (a folder first on PYTHONPATH). It acts only in
+    ms-swift's training process: each training step sleeps `step_delay` s first, and once
+    the checkpoint of global step `after_step` is written it creates `marker` and sleeps
+    `pause_s` s, so a test can act at that point however fast the host trains."""
+    if (after_step is None) != (marker is None):
+        raise ValueError("after_step and marker go together")
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(REPO / "tests" / "procs" / "pause_hook.py", folder / "sitecustomize.py")
+    settings = {
+        "after_step": after_step,
+        "marker": None if marker is None else str(marker),
+        "step_delay": step_delay,
+        "pause_s": pause_s,
+    }
+    (folder / "pause_hook.json").write_text(json.dumps(settings), encoding="utf-8")
+    return {**env, "PYTHONPATH": os.pathsep.join(p for p in (str(folder), env.get("PYTHONPATH")) if p)}
+
+
+def hooked_processes(folder: Path) -> list[dict[str, object]]:
+    """What pause_hook recorded in `folder`: one entry (pid, argv0, settings) per
+    process in which it patched transformers' Trainer."""
+    return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("patched-*.json"))]

@@ -127,9 +127,9 @@ def assert_problem(lines: Sequence[str] | str, *needles: str, fix: Sequence[str]
 CASES: list[tuple[str, str, tuple[str, ...], tuple[str, ...]]] = [
     # malformed YAML: file:line:col
     ("malformed.yaml", "args:\n  model: [a\n  x: 1\n", ("malformed.yaml:3:", "YAML"), ()),
-    ("blank.yaml", "", ("blank.yaml", "empty"), ()),
-    ("top_seq.yaml", "- a\n- b\n", ("top_seq.yaml", "mapping", "list"), ()),
-    ("top_scalar.yaml", "hello\n", ("top_scalar.yaml", "mapping"), ()),
+    ("blank.yaml", "", ("empty",), ()),
+    ("top_seq.yaml", "- a\n- b\n", ("mapping", "list"), ()),
+    ("top_scalar.yaml", "hello\n", ("mapping",), ()),
     ("section_seq.yaml", "args: [a, b]\n" + ONE_GPU, ("args", "list"), ()),
     # unknown or misspelled keys, each level
     ("unknown_top.yaml", MINIMAL_ARGS + 'lanch:\n  gpus: "0"\n', ("lanch",), ("launch",)),
@@ -383,30 +383,41 @@ def test_bad_swift_version_in_config_is_a_config_problem(
     assert "ok.yaml: ok" in res.out
 
 
-def test_shape_error_hint_works_on_the_broken_config(tmp_path: Path) -> None:
-    """A hint must not send the user to a command that fails on the same config."""
+def test_shape_error_hint_works_on_the_broken_config(
+    tmp_path: Path, commands: set[str], preset_names: set[str]
+) -> None:
+    """A hint must not send the user to a command that fails on the same config. A shape
+    error (a word where a number goes) stops `show` and `render` as well, so the hint
+    names neither: it says what to write instead, in the key's own words."""
     write(tmp_path, "np.yaml", VALID + "  nproc_per_node: two\n")
     res = sftctl(["validate", "np.yaml"], tmp_path)
-    assert res.rc == 1
+    assert_sound(res, commands, preset_names)
+    assert res.rc == 1, res.out
+    assert_problem(res.out, "launch.nproc_per_node", "two")
     hint = " ".join(fixes(res.out))
-    if "sftctl show" in hint:
-        shown = sftctl(["show", "np.yaml"], tmp_path)
-        assert shown.rc == 0, f"hint {hint!r} points at 'sftctl show', which fails too:\n{shown.out}"
-    else:
-        assert re.search(r"\d|integer|whole number", hint), hint
+    assert re.search(r"\bnproc_per_node: \d+\b", hint), hint
+    for cmd in ("show", "render"):
+        other = sftctl([cmd, "np.yaml"], tmp_path)
+        assert_sound(other, commands, preset_names)
+        assert other.rc == 1, f"sftctl {cmd} accepts what validate refuses:\n{other.out}"
+        assert_problem(other.out, "launch.nproc_per_node", "two")
+        assert f"sftctl {cmd}" not in hint, f"hint {hint!r} points at 'sftctl {cmd}', which fails too"
 
 
 def test_gpu_range_is_not_misread(tmp_path: Path, commands: set[str], preset_names: set[str]) -> None:
-    """`gpus: 0-7` either means GPUs 0..7 or is rejected naming '0-7'; never GPU -7."""
+    """`gpus: 0-7` is a range (launch.gpus documents `0-3`): GPUs 0..7, never GPU -7.
+    A range that runs backwards is rejected, naming it as written."""
     write(tmp_path, "range.yaml", MINIMAL_ARGS + "launch:\n  gpus: 0-7\n")
     res = sftctl(["render", "range.yaml", "--format", "json"], tmp_path)
     assert_sound(res, commands, preset_names)
-    if res.rc == 0:
-        assert json.loads(res.out)["env"]["CUDA_VISIBLE_DEVICES"] == "0,1,2,3,4,5,6,7"
-    else:
-        assert res.rc == 1, res.out
-        assert_problem(res.out, "launch.gpus", "0-7")
-        assert "-7]" not in res.out, res.out
+    assert res.rc == 0, res.out
+    assert json.loads(res.out)["env"]["CUDA_VISIBLE_DEVICES"] == "0,1,2,3,4,5,6,7"
+    write(tmp_path, "backwards.yaml", MINIMAL_ARGS + "launch:\n  gpus: 7-0\n")
+    res = sftctl(["render", "backwards.yaml", "--format", "json"], tmp_path)
+    assert_sound(res, commands, preset_names)
+    assert res.rc == 1, res.out
+    assert_problem(res.out, "launch.gpus", "7-0")
+    assert "CUDA_VISIBLE_DEVICES" not in res.out, res.out
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ between 3.x and 4.x sorted into renamed, removed or new, with renames handled.""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,27 @@ def test_shipped_4x_catalog_equals_a_live_dump(tmp_path: Path) -> None:
     assert live == shipped
 
 
+@pytest.mark.parametrize("major", [3, 4])
+def test_every_flag_spells_its_argument(major: int) -> None:
+    """Each catalog entry's flags are exactly what HfArgumentParser makes of the field
+    name: `--name` first, its dashed form, and for a bool that defaults to True the
+    `--no_name` / `--no-name` negations; no other spelling, no `--_`, no `---`."""
+    raw = json.loads((DATA / f"swift{major}.json").read_text())["arguments"]
+    assert len(raw) > 300
+    for name, spec in raw.items():
+        assert re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name), name
+        dashed = name.replace("_", "-")
+        expected = {f"--{name}", f"--{dashed}"}
+        negatable = spec["type"] == "bool" and spec["default"] is True
+        assert bool(spec.get("negatable")) is negatable, (name, spec)
+        if negatable:
+            expected |= {f"--no_{name}", f"--no-{dashed}"}
+        flags = spec["flags"]
+        assert flags[0] == f"--{name}" and len(flags) == len(set(flags)), (name, flags)
+        assert set(flags) == expected, (name, flags)
+        assert all(re.fullmatch(r"--[A-Za-z][A-Za-z0-9_-]*", f) for f in flags), (name, flags)
+
+
 def test_every_difference_is_sorted() -> None:
     v3, v4 = set(catalog.load(3).arguments), set(catalog.load(4).arguments)
     diff = catalog.version_diff()
@@ -64,7 +86,12 @@ def test_each_rename_renders_in_the_target_spelling(
             assert out.exit_code == 0, out.output
             argv = json.loads(out.stdout)["argv"]
             assert argv[argv.index(f"--{spelled}") + 1] == value
-            assert f"--{written if written != spelled else '_'}" not in argv[2:]
+            # Passed once, in the target major's spelling only: the other major's name
+            # is not passed as well, in any form argparse reads (dashed, negated).
+            other = new if spelled == old else old
+            names = [a.removeprefix("--").replace("-", "_") for a in argv[2:] if a.startswith("--")]
+            assert names.count(spelled) == 1, argv
+            assert not {other, f"no_{other}"} & set(names), argv
 
 
 def test_both_spellings_at_once_is_an_error(cli: CliRunner, tmp_path: Path) -> None:

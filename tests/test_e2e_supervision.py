@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import clean_env, default_signals, sftctl_exe
+from conftest import clean_env, default_signals, hooked_processes, pause_hook, sftctl_exe
 
 pytestmark = [
     pytest.mark.slow,
@@ -618,14 +618,18 @@ def test_stop_right_after_detach(env: dict[str, str], workdir: Path, tmp_path: P
 
 # --------------------------------------------------------------------------- 3+4. secrets, progress
 
-SWAN_CONFIG = """\
+SWAN_STEPS = 48
+SWAN_CONFIG = f"""\
 extends: cpu-smoke
 args:
   report_to: swanlab
   swanlab_mode: local
-  num_train_epochs: 3  # 48 steps: 10+ s of training even on an idle machine
+  num_train_epochs: 3  # {SWAN_STEPS} steps
   output_dir: ./output/swan
 """
+# The least time one training step of the swanlab run takes (see swan_run): the first
+# and the last progress line are at least (SWAN_STEPS - 1) * STEP_DELAY_S = 4.7 s apart.
+STEP_DELAY_S = 0.1
 
 
 @dataclass
@@ -637,6 +641,7 @@ class SwanRun:
     env: dict[str, str]
     home: Path
     cache: Path
+    hook: Path
 
 
 @pytest.fixture(scope="module")
@@ -659,11 +664,14 @@ def swan_run(tmp_path_factory: pytest.TempPathFactory, e2e_cache: Path) -> Itera
     )
     config = work / "swan.yaml"
     config.write_text(SWAN_CONFIG)
-    run = start_run(work, env, str(config))
+    # Each training step takes at least STEP_DELAY_S (a hook in the training process,
+    # conftest.pause_hook): the progress lines are spread over time on any host.
+    hooked = pause_hook(base / "hook", env, step_delay=STEP_DELAY_S)
+    run = start_run(work, hooked, str(config))
     try:
         rc = run.wait_exit(400)
         run.sampler.stop()
-        yield SwanRun(run, rc, markers, config, env, home, e2e_cache)
+        yield SwanRun(run, rc, markers, config, env, home, e2e_cache, base / "hook")
     finally:
         run.cleanup()
 
@@ -738,7 +746,11 @@ def test_progress_lines_arrive_while_training(swan_run: SwanRun) -> None:
     assert progress, f"no progress lines on stdout: {run.stdout()}"
     total = progress[0][2]
     steps = [s for _, s, _ in progress]
-    assert steps == sorted(steps) and steps[-1] == total, steps
+    assert total == SWAN_STEPS and steps == sorted(steps) and steps[-1] == total, steps
+    # The steps were slowed down in the training process (and there only).
+    hooked = hooked_processes(swan_run.hook)
+    assert [h["step_delay"] for h in hooked] == [STEP_DELAY_S], hooked
+    assert str(hooked[0]["argv0"]).endswith("swift/cli/sft.py"), hooked
     first = progress[0][0]
     # Read while the training command was still running, not replayed at the end.
     assert first.sftctl_running and first.leader_alive, first
@@ -746,6 +758,8 @@ def test_progress_lines_arrive_while_training(swan_run: SwanRun) -> None:
     assert len(live) >= 3, f"only steps {sorted(live)} were seen while training ran"
     spread = max(ln.read_at for ln, _, _ in progress) - first.read_at
     print(f"{len(progress)} progress lines over {spread:.1f} s; {len(live)} steps read while training ran")
+    # The steps took >= (SWAN_STEPS - 1) * STEP_DELAY_S between the first line and the
+    # last: lines printed as the steps happen arrive at least 2 s apart.
     assert spread >= 2.0, f"all progress lines arrived within {spread:.2f} s"
     # The timestamp on each line is the time it was printed (allow a slow reader).
     for ln, _, _ in progress:

@@ -13,6 +13,7 @@ with 2 processes x batch 2 the losses of one process x batch 4.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -24,23 +25,30 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
-from conftest import clean_env, default_signals, sftctl_exe
+from conftest import clean_env, default_signals, hooked_processes, pause_hook, sftctl_exe
 
 import sftctl
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.swift,
-    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sftctl supervises via /proc"),
-    pytest.mark.skipif(importlib.util.find_spec("swift") is None, reason="needs ms-swift"),
-]
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sftctl supervises via /proc")
+
+TestFn = TypeVar("TestFn", bound=Callable[..., None])
+
+
+def real_training(test: TestFn) -> TestFn:
+    """Marks a test that runs real ms-swift training: `slow` and `swift`, skipped without
+    ms-swift. (Every test here but the --resume refusal, which starts nothing.)"""
+    needs_swift = pytest.mark.skipif(importlib.util.find_spec("swift") is None, reason="needs ms-swift")
+    marked: TestFn = pytest.mark.slow(pytest.mark.swift(needs_swift(test)))
+    return marked
+
 
 # Hard limits. A run of cpu-smoke takes 20-40 s on an idle 2-core machine and up to
 # ~90 s on a busy one; the first DeepSpeed run also compiles a CPU op (~60-150 s).
@@ -247,24 +255,22 @@ def reference(full: Trained) -> dict[int, dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def stopped(e2e_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    """cpu-smoke with a checkpoint every 4 steps, stopped with SIGTERM to sftctl as soon
-    as checkpoint-4 is complete (trainer_state.json is the last file the Trainer writes)."""
+    """cpu-smoke with a checkpoint every 4 steps, stopped with SIGTERM to sftctl right
+    after checkpoint-4 is complete. A hook in the training process (conftest.pause_hook)
+    holds training still once checkpoint-4 is written and says so with a marker file, so
+    the signal always lands between steps 4 and 5, however fast the host trains."""
     work, home = _tmp(tmp_path_factory, "stopped")
     env = make_env(e2e_cache, home)
+    hook = tmp_path_factory.mktemp("stopped-hook")  # outside HOME and the work folder
+    marker = hook / "checkpoint-4-written"
+    hooked = pause_hook(hook, env, after_step=4, marker=marker)
     argv = [*sftctl_exe(), "run", "cpu-smoke", *SAVE4]
     start = time.monotonic()
-    proc = _start(argv, work, env)
+    proc = _start(argv, work, hooked)
     output_dir = work / "output" / "cpu-smoke"
     deadline = start + RUN_S
     try:
-        while True:
-            state = next(output_dir.glob("v*/checkpoint-4/trainer_state.json"), None)
-            if state is not None:
-                try:
-                    if json.loads(state.read_text()).get("global_step") == 4:
-                        break
-                except ValueError:
-                    pass  # being written
+        while not marker.exists():
             if proc.poll() is not None:
                 out, err = proc.communicate()
                 pytest.fail(
@@ -275,6 +281,10 @@ def stopped(e2e_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Traine
                 out, err = _finish(proc, 60)
                 pytest.fail(f"no checkpoint-4 within {RUN_S} s\n{(out + err)[-4000:]}")
             time.sleep(0.05)
+        assert json.loads(marker.read_text())["global_step"] == 4
+        hooked = hooked_processes(hook)
+        assert len(hooked) == 1 and str(hooked[0]["argv0"]).endswith("swift/cli/sft.py"), hooked
+        print(f"stopped: held after checkpoint-4 in {hooked[0]}")
         proc.send_signal(signal.SIGTERM)
         out, err = _finish(proc, 120)
     except BaseException:
@@ -282,6 +292,7 @@ def stopped(e2e_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Traine
             _stop(proc)
         raise
     res = Result(argv, work, home, proc.returncode, out, err, time.monotonic() - start, _ticks_now())
+    # The later runs (resume) start from `env`: without the hook.
     return Trained(res, only_run_dir(output_dir, res), env)
 
 
@@ -298,6 +309,7 @@ def _ddp(
 # --------------------------------------------------------------------------- full SFT
 
 
+@real_training
 @pytest.mark.timeout(TEST_S)
 def test_full_run_writes_checkpoints_and_log(full: Trained) -> None:
     run_dir = full.run_dir
@@ -317,6 +329,7 @@ def test_full_run_writes_checkpoints_and_log(full: Trained) -> None:
     assert [f for f in home if not f.startswith("tmp/")] == [], home
 
 
+@real_training
 @pytest.mark.timeout(TEST_S)
 def test_full_run_manifest(full: Trained, e2e_cache: Path) -> None:
     run_dir = full.run_dir
@@ -363,6 +376,7 @@ def test_full_run_manifest(full: Trained, e2e_cache: Path) -> None:
     assert m["steps_per_second"] == pytest.approx(totals["train_steps_per_second"])
 
 
+@real_training
 @pytest.mark.timeout(TEST_S)
 def test_full_run_progress_and_summary(full: Trained) -> None:
     m = manifest(full.run_dir)
@@ -379,6 +393,7 @@ def test_full_run_progress_and_summary(full: Trained) -> None:
     assert f"run folder: {full.run_dir}" in err
 
 
+@real_training
 @pytest.mark.timeout(TEST_S)
 def test_runs_and_show_read_the_run(full: Trained) -> None:
     output_dir = full.run_dir.parent
@@ -409,6 +424,7 @@ def test_runs_and_show_read_the_run(full: Trained) -> None:
 # --------------------------------------------------------------------------- LoRA
 
 
+@real_training
 @pytest.mark.timeout(TEST_S)
 def test_lora_run_writes_adapter(e2e_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     work, home = _tmp(tmp_path_factory, "lora")
@@ -439,6 +455,7 @@ def test_lora_run_writes_adapter(e2e_cache: Path, tmp_path_factory: pytest.TempP
 # --------------------------------------------------------------------------- stop and resume
 
 
+@real_training
 @pytest.mark.timeout(TEST_S)
 def test_sigterm_after_checkpoint_stops_the_run(stopped: Trained) -> None:
     res, run_dir = stopped.res, stopped.run_dir
@@ -449,10 +466,12 @@ def test_sigterm_after_checkpoint_stops_the_run(stopped: Trained) -> None:
     assert m["last_checkpoint"] == str(run_dir / "checkpoint-4")
     assert "stopped by signal 15" in res.stderr
     assert f"checkpoint: {run_dir / 'checkpoint-4'}" in res.stderr
-    # Stopped well before the end: no later checkpoint, no final row.
-    assert not (run_dir / "checkpoint-8" / "trainer_state.json").exists()
+    assert f"resume: sftctl resume {run_dir}" in res.stderr  # the interrupted run says how to go on
+    # Stopped while held right after checkpoint-4: no later step, no later checkpoint.
+    assert not (run_dir / "checkpoint-8").exists(), files_under(run_dir)
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-4"]
     steps = sorted(logged_steps(run_dir))
-    assert steps[:4] == [1, 2, 3, 4] and steps[-1] < 16, steps
+    assert steps == [1, 2, 3, 4], steps
     # Nothing of the training tree outlived sftctl (a pid reused since is not ours).
     for pid in m["descendants"]:
         try:
@@ -485,8 +504,13 @@ def _check_resumed(run_dir: Path, source: Path, res: Result, reference: dict[int
     assert f"checkpoint: {run_dir / 'checkpoint-16'}" in res.stderr
     assert m["first_step"] == 5 and m["last_step"] == 16
     assert "(last), steps 5-16 (12 steps)" in res.stderr
+    # The resumed run names the preset text that produced it, as the first run did (D5).
+    first = manifest(source.parent)
+    assert m["preset_hash"] == first["preset_hash"] != hashlib.sha256(b"").hexdigest()[:16]
+    assert m["files"] == first["files"]
 
 
+@real_training
 @pytest.mark.timeout(TEST_S)
 def test_resume_command_continues_from_last_checkpoint(
     stopped: Trained, reference: dict[int, dict[str, Any]]
@@ -504,6 +528,7 @@ def test_resume_command_continues_from_last_checkpoint(
     ]
 
 
+@real_training
 @pytest.mark.timeout(TEST_S)
 def test_run_resume_flag_picks_last_complete_checkpoint(
     stopped: Trained,
@@ -560,6 +585,7 @@ def _check_distributed(run: Trained, reference: dict[int, dict[str, Any]]) -> di
     return m
 
 
+@real_training
 @pytest.mark.timeout(TEST_S)
 def test_ddp_swift_launcher_matches_single_process(
     e2e_cache: Path,
@@ -573,6 +599,7 @@ def test_ddp_swift_launcher_matches_single_process(
     assert (run.run_dir / "checkpoint-2" / "model.safetensors").is_file()
 
 
+@real_training
 @pytest.mark.timeout(TEST_S)
 def test_ddp_torchrun_matches_single_process(
     e2e_cache: Path,
@@ -587,6 +614,7 @@ def test_ddp_torchrun_matches_single_process(
     assert (run.run_dir / "checkpoint-2" / "model.safetensors").is_file()
 
 
+@real_training
 @pytest.mark.timeout(TEST_S + DS_RUN_S)
 def test_deepspeed_zero2_two_cpu_processes(
     e2e_cache: Path,

@@ -45,7 +45,7 @@ def test_d2_one_unsupported_swift_version_is_that_files_problem(tmp_path: Path) 
     assert f"{good}: ok" in out.stdout
     assert f"{old}: swift_version: ms-swift 2.x is not supported" in out.stderr
     alone = sftctl(tmp_path, "validate", str(old))
-    assert alone.returncode == 1 and "swift_version" in alone.stderr
+    assert alone.returncode == 2 and "swift_version" in alone.stderr  # alone: the usage error (exit 2)
     # The command line's own choice stays a usage error (exit 2).
     assert sftctl(tmp_path, "validate", str(good), "--swift-version", "2").returncode == 2
 

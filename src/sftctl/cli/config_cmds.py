@@ -10,7 +10,7 @@ import typer
 
 from sftctl.cli.boundary import boundary, err
 from sftctl.cli.options import JsonOpt, TargetSpec, target_command
-from sftctl.errors import EXIT_INVALID, UsageError
+from sftctl.errors import EXIT_INVALID, EXIT_USAGE, UsageError
 
 
 def register(app: typer.Typer) -> None:
@@ -70,7 +70,12 @@ def render(
         if output is not None:
             from sftctl.util.fs import write_atomic
 
-            write_atomic(output, text, executable=fmt == "sh")
+            try:
+                write_atomic(output, text, executable=fmt == "sh")
+            except OSError as exc:
+                raise UsageError(
+                    f"-o {output}: cannot write it ({exc.strerror}) (fix: give a file path you can write)"
+                ) from None
             return
         sys.stdout.write(text)
 
@@ -106,10 +111,13 @@ def validate(
                     print(f"{t}: ok")
                 for problem in probs:
                     # A problem of the file itself is located at the file: name it once.
-                    shown = replace(problem, location="") if problem.location == t else problem
+                    loc = problem.location
+                    shown = replace(problem, location="" if loc == t else loc.removeprefix(f"{t}:"))
                     err(f"{t}: {shown.render()}")
         if bad:
-            raise typer.Exit(EXIT_INVALID)
+            # One target whose ms-swift version is unsupported: the usage error it would be alone.
+            only = next(iter(bad.values())) if len(results) == 1 else []
+            raise typer.Exit(EXIT_USAGE if any(p.rule_id == "C006" for p in only) else EXIT_INVALID)
 
 
 @target_command()

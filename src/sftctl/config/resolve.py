@@ -20,7 +20,7 @@ from sftctl.checks import layout as layout_rules
 from sftctl.checks.registry import report
 from sftctl.config.presets import Loaded, load, other_spellings, set_path
 from sftctl.config.schema import RunConfig
-from sftctl.errors import ConfigError, Problem, UsageError, errors_of
+from sftctl.errors import EXIT_USAGE, ConfigError, Problem, UsageError, errors_of
 from sftctl.resources.layout import Layout, effective_batch, plan
 from sftctl.swift import catalog, dialect
 from sftctl.swift.values import parse_set_value
@@ -70,9 +70,12 @@ def _major(cli: str | None, config_value: object, env: Mapping[str, str]) -> tup
         try:
             config_major = parse_major(config_value)
         except VersionProblem as exc:
-            raise ConfigError(
+            error = ConfigError(
                 problems=[report("C006", "swift_version", str(exc), "write swift_version: 3 or 4")]
-            ) from None
+            )
+            if "not supported" in str(exc):
+                error.exit_code = EXIT_USAGE  # as --swift-version 2 is: exit 2 when it stands alone
+            raise error from None
     try:
         chosen = target_major(cli, env)
     except VersionProblem as exc:
