@@ -111,8 +111,7 @@ def validate(
                     print(f"{t}: ok")
                 for problem in probs:
                     # A problem of the file itself is located at the file: name it once.
-                    loc = problem.location
-                    shown = replace(problem, location="" if loc == t else loc.removeprefix(f"{t}:"))
+                    shown = replace(problem, location="") if problem.location == t else problem
                     err(f"{t}: {shown.render()}")
         if bad:
             # One target whose ms-swift version is unsupported: the usage error it would be alone.
