@@ -172,3 +172,48 @@ def test_d11_a_user_preset_that_shadows_a_shipped_one_says_so(tmp_path: Path) ->
     assert row["origin"] == "user, shadows shipped"
     table = sftctl(tmp_path, "presets")
     assert "shadows shipped" in table.stdout
+
+
+# Found by a session trying to break sftctl after the fixes above.
+
+
+@pytest.mark.parametrize("name", ["NPROC_PER_NODE", "CUDA_VISIBLE_DEVICES", "MASTER_PORT"])
+def test_env_cannot_bypass_the_layout(tmp_path: Path, name: str) -> None:
+    out = sftctl(tmp_path, "validate", "cpu-smoke", "--set", f"env.{name}=3", "--json")
+    assert out.returncode == 1
+    (problem,) = json.loads(out.stdout)["cpu-smoke"]
+    assert (problem["id"], problem["location"]) == ("C009", f"env.{name}")
+    assert "launch." in problem["fix"]
+
+
+@pytest.mark.parametrize("item", ["args.=1", "x\ny=1", "=1", "launch..gpus=1"])
+def test_set_keys_must_be_names(tmp_path: Path, item: str) -> None:
+    out = sftctl(tmp_path, "validate", "cpu-smoke", "--set", item)
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is not a key" in lines[0] or "has no key" in lines[0], lines
+    assert len(out.stderr) < 400  # not every argument of ms-swift as an "abbreviation"
+
+
+def test_preset_option_takes_names_not_paths(tmp_path: Path) -> None:
+    out = sftctl(tmp_path, "render", "--preset", "../../etc/passwd")
+    assert out.returncode == 2 and "--preset takes a preset name" in out.stderr
+
+
+def test_a_schema_error_does_not_hide_argument_problems(tmp_path: Path) -> None:
+    cfg = write(tmp_path, "b.yaml", "launch:\n  bogus: 1\nargs:\n  model: a\n  lerning_rate: 1\n")
+    out = sftctl(tmp_path, "validate", str(cfg), "--json")
+    ids = [p["id"] for p in json.loads(out.stdout)[str(cfg)]]
+    assert out.returncode == 1 and ids == ["C001", "A001"], ids
+
+
+def test_args_not_a_mapping_has_no_follow_on_problem(tmp_path: Path) -> None:
+    cfg = write(tmp_path, "c.yaml", "args: [1, 2]\n")
+    out = sftctl(tmp_path, "validate", str(cfg), "--json")
+    assert [p["id"] for p in json.loads(out.stdout)[str(cfg)]] == ["C003"]
+
+
+@pytest.mark.parametrize("where", ["/proc/nope.sh", "."])
+def test_render_output_errors_are_usage_errors(tmp_path: Path, where: str) -> None:
+    out = sftctl(tmp_path, "render", "cpu-smoke", "-o", where)
+    assert out.returncode == 2 and "cannot write it" in out.stderr and "internal error" not in out.stderr

@@ -85,7 +85,9 @@ def schema_problems(exc: ValidationError, loaded: Loaded, cat: catalog.Catalog) 
             out.append(report("C001", at, "unknown key", fix))
         else:
             value = err.get("input")
-            out.append(report("C002", at, f"{err['msg']} (got {value!r})", _schema_fix(err)))
+            msg = str(err["msg"]).removeprefix("Value error, ")  # pydantic's wording, not the user's
+            shown = value if not isinstance(value, (dict, list)) or len(repr(value)) < 80 else "..."
+            out.append(report("C002", at, f"{msg} (got {shown!r})", _schema_fix(err)))
     return out
 
 
@@ -249,10 +251,34 @@ def _builtin_defaults(args: dict[str, Any], problems: list[Problem]) -> None:
                         args.setdefault(name, default)
 
 
+# Variables sftctl renders from launch: settings; an env entry would override them behind
+# the layout checks' back (NPROC_PER_NODE=3 with no GPU and no use_cpu, say).
+LAUNCH_ENV = {
+    "CUDA_VISIBLE_DEVICES": "launch.gpus",
+    "NPROC_PER_NODE": "launch.nproc_per_node",
+    "NNODES": "launch.nnodes",
+    "MASTER_PORT": "launch.master_port",
+    "NODE_RANK": "launch.nnodes",
+    "MASTER_ADDR": "launch.nnodes",
+    "WORLD_SIZE": "launch.nproc_per_node",
+}
+
+
 def check_env(env: dict[str, str], problems: list[Problem]) -> None:
-    """Secrets belong in the shell's environment, never in a config that is copied around."""
+    """Secrets belong in the shell's environment, never in a config that is copied around;
+    the launch layout belongs to launch:, where it is checked."""
     for name in env:
-        if is_secret_name(name):
+        if name in LAUNCH_ENV:
+            problems.append(
+                report(
+                    "C009",
+                    f"env.{name}",
+                    f"{name} is rendered from {LAUNCH_ENV[name]}; "
+                    "setting it here would bypass the layout checks",
+                    f"remove it and set {LAUNCH_ENV[name]} instead",
+                )
+            )
+        elif is_secret_name(name):
             problems.append(
                 report(
                     "S002",

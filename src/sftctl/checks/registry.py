@@ -63,6 +63,7 @@ RULES: dict[str, Rule] = {
             ("C006", "an invalid or unsupported swift_version"),
             ("C007", "an empty --set value for an argument that takes no string"),
             ("C008", "a flat ms-swift config (its keys belong under args:)"),
+            ("C009", "an env variable that the launch settings own (GPUs, process count, rendezvous)"),
             ("A001", "an unknown ms-swift argument"),
             ("A002", "an argument removed in the target ms-swift version"),
             ("A003", "an ms-swift 2.x argument name"),

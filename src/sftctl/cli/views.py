@@ -117,7 +117,8 @@ def runs_table(output_dir: Path, as_json: bool) -> None:
 
     table = Table(box=None, header_style="bold")
     for col in ("run", "id", "target", "status", "exit", "started", "wall s", "loss", "last checkpoint"):
-        table.add_column(col, overflow="fold")
+        # Folder names and ids are copied into other commands: never broken across lines.
+        table.add_column(col, overflow="fold", no_wrap=col in ("run", "id", "last checkpoint"))
     for r in rows:
         loss = (
             f"{r['first_loss']:.3f} -> {r['last_loss']:.3f}"

@@ -9,6 +9,7 @@ are collected, not just the first.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,9 @@ from sftctl.resources.layout import Layout, effective_batch, plan
 from sftctl.swift import catalog, dialect
 from sftctl.swift.values import parse_set_value
 from sftctl.swift.version import VersionProblem, fallback_major, parse_major, target_major
+
+# An ms-swift argument name, or a dotted config path of names (launch.gpus, env.HF_HOME).
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)?$")
 
 
 @dataclass(frozen=True)
@@ -96,9 +100,15 @@ def _apply_overrides(loaded: Loaded, ov: Overrides, cat: catalog.Catalog, proble
             continue
         key, text = item.split("=", 1)
         key = key.strip()
-        if not key:
+        if not _KEY.match(key):
+            what = f"'{item}' has no key" if not key else f"{key!r} is not a key"
             problems.append(
-                report("C004", "--set", f"'{item}' has no key", "write e.g. --set learning_rate=1e-4")
+                report(
+                    "C004",
+                    "--set",
+                    f"{what}: a key is an argument name or a dotted path of names",
+                    "write e.g. --set learning_rate=1e-4 or --set launch.nproc_per_node=2",
+                )
             )
             continue
         if not text.strip() and not _takes_empty(key, cat):
@@ -191,10 +201,12 @@ def resolve_loaded(
     problems: list[Problem] = []
     _apply_overrides(loaded, ov, cat, problems)
     raw_args = loaded.data.get("args") or {}
+    config: RunConfig | None = None
     try:
         config = RunConfig.model_validate({**loaded.data, "args": {}})
     except ValidationError as exc:
-        raise ConfigError(problems=problems + rules.schema_problems(exc, loaded, cat)) from None
+        # Reported with the rest: the arguments are still checked below.
+        problems += rules.schema_problems(exc, loaded, cat)
     if not isinstance(raw_args, dict):
         problems.append(
             report(
@@ -207,9 +219,13 @@ def resolve_loaded(
         raw_args = {}
     written: dict[str, str] = {}
     args = rules.check_args(raw_args, cat, loaded, problems, written)
-    rules.fill_templates(args, loaded.preset, problems)
-    rules.check_env(config.env, problems)
+    # A non-mapping args (C003) or a flat ms-swift config (C008) has been said: no follow-on "no model".
+    if isinstance(loaded.data.get("args", {}), dict) and not any(p.rule_id == "C008" for p in problems):
+        rules.fill_templates(args, loaded.preset, problems)
     rules.check_combinations(args, cat, problems, written)
+    if config is None:
+        raise ConfigError(problems=problems)
+    rules.check_env(config.env, problems)
     layout = plan(config.launch, args, visible)
     problems += layout_rules.check(config.launch, layout, args)
     if errors_of(problems):
