@@ -235,7 +235,8 @@ def run(
         record.write()
 
     if mode != "quiet":
-        _say(f"sftctl: {' '.join(cmd.argv[:3])} ... (log: {record.log})")
+        # Two lines: a long log path must not wrap a terminal's first line mid-word.
+        _say(f"sftctl: started {' '.join(cmd.argv[:3])} ...\n  log: {record.log}")
     wall = time.monotonic()
     try:
         with Follower(record.discover, mode, start_offset=record.jsonl_offset) as follower:
