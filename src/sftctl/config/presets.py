@@ -126,25 +126,15 @@ def _read_preset(name: str, where: str = "preset") -> Layer:
 
 
 def _read_file(path: Path, where: str | None = None) -> Layer:
-    if path.is_dir():
-        raise ConfigError(
-            problems=[
-                report(
-                    "F007",
-                    where or str(path),
-                    f"{path} is a folder, not a config file" if where else "is a folder, not a config file",
-                    "give the path of a YAML file, or a preset name from 'sftctl presets'",
-                )
-            ]
-        )
     if not path.is_file():
+        what = "is a folder, not a config file" if path.is_dir() else "no such file"
         raise ConfigError(
             problems=[
                 report(
                     "F007",
                     where or str(path),
-                    f"no such file: {path}" if where else "no such file",
-                    "give a path to a YAML file, or a preset name from 'sftctl presets'",
+                    f"{path}: {what}" if where else what,
+                    "give the path of a YAML file, or a preset name from 'sftctl presets'",
                 )
             ]
         )
