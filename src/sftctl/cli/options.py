@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from sftctl.config.presets import looks_like_path
 from sftctl.errors import UsageError
 
 if TYPE_CHECKING:
@@ -111,6 +110,8 @@ def target_command(*, many: bool = False) -> Callable[[F], F]:
             target = kw.pop("target")
             named = list(target or []) if many else ([target] if target else [])
             preset, config = kw.pop("preset"), kw.pop("config")
+            from sftctl.config.presets import looks_like_path  # here: --help needs no YAML
+
             if preset is not None and looks_like_path(preset):
                 raise typer.BadParameter(
                     f"'{preset}' is a path; --preset takes a preset name (give a file with --config)",
