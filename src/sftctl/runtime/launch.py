@@ -93,7 +93,7 @@ def _output_dir(resolved: Resolved, cwd: Path) -> Path:
     return out if out.is_absolute() else cwd / out
 
 
-def _resume_point(resolved: Resolved, cwd: Path) -> Path | None:
+def _resume_point(resolved: Resolved, cwd: Path) -> Path:
     """For ``--resume``: the checkpoint to continue from (set in the args), refused when none."""
     if "resume_from_checkpoint" in resolved.args:
         return Path(str(resolved.args["resume_from_checkpoint"]))
@@ -190,7 +190,7 @@ def run(
     )
     if opts.resume:
         point = _resume_point(resolved, cwd)
-        if point is not None and _finished(point):
+        if _finished(point):
             _say(
                 f"sftctl: {point} is the end of its run (all steps trained): "
                 "nothing to resume, nothing started"
@@ -202,6 +202,7 @@ def run(
     if opts.detach:
         return _detach(target, overrides, opts, output_dir)
 
+    document = resolved.document()
     record = RunRecord.create(
         output_dir,
         base_manifest(
@@ -209,8 +210,8 @@ def run(
             preset=resolved.loaded.preset,
             preset_hash=resolved.loaded.digest,
             files=resolved.loaded.files,
-            config=resolved.document(),
-            config_yaml=dump(resolved.document(), for_people=True),
+            config=document,
+            config_yaml=dump(document, for_people=True),
             swift_version=resolved.major,
             env=redact(cmd.env),
             unset=cmd.unset,
