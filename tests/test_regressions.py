@@ -217,3 +217,28 @@ def test_args_not_a_mapping_has_no_follow_on_problem(tmp_path: Path) -> None:
 def test_render_output_errors_are_usage_errors(tmp_path: Path, where: str) -> None:
     out = sftctl(tmp_path, "render", "cpu-smoke", "-o", where)
     assert out.returncode == 2 and "cannot write it" in out.stderr and "internal error" not in out.stderr
+
+
+def test_d11_two_in_place_runs_are_told_apart_in_runs(tmp_path: Path) -> None:
+    """Two add_version: false runs share one folder; their manifests (named as sftctl names
+    them, the second with its run id) show as two rows with their ids."""
+    out_dir = tmp_path / "output"
+    out_dir.mkdir()
+    for name, run_id, started in (
+        ("sftctl-manifest.json", "20261130-010101-111", "2026-11-30T01:01:01+00:00"),
+        ("sftctl-manifest-20261130-020202-222.json", "20261130-020202-222", "2026-11-30T02:02:02+00:00"),
+    ):
+        doc = {"run_id": run_id, "run_dir": str(out_dir), "status": "succeeded", "started_at": started}
+        (out_dir / name).write_text(json.dumps(doc))
+    table = sftctl(tmp_path, "runs", str(out_dir))
+    assert table.returncode == 0, table.stderr
+    assert "20261130-010101-111" in table.stdout and "20261130-020202-222" in table.stdout
+
+
+def test_version_short_help_and_completion(tmp_path: Path) -> None:
+    from sftctl import __version__
+
+    assert sftctl(tmp_path, "--version").stdout.strip() == f"sftctl {__version__}"
+    short = sftctl(tmp_path, "-h")
+    assert short.returncode == 0 and "--install-completion" in short.stdout
+    assert sftctl(tmp_path, "render", "-h").returncode == 0
