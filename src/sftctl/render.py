@@ -19,6 +19,7 @@ from sftctl.config.yamlio import dump
 from sftctl.errors import ConfigError
 from sftctl.launchers import Command
 from sftctl.swift.values import as_texts
+from sftctl.util.text import one_line
 
 FORMATS = ("sh", "json", "swift-yaml")
 
@@ -34,7 +35,8 @@ def header_lines(resolved: Resolved) -> list[str]:
     ]
     if resolved.config.description:
         lines.append(f"Purpose: {resolved.config.description.strip().splitlines()[0]}")
-    return lines
+    # File names and descriptions are the user's text: they must not end the comment.
+    return [one_line(line) for line in lines]
 
 
 def _reports_to(resolved: Resolved, tracker: str) -> bool:
@@ -99,7 +101,7 @@ def to_swift_yaml(resolved: Resolved, cmd: Command) -> str:
     prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in cmd.env.items())
     launcher = cmd.argv[: cmd.argv.index("sft") + 1]
     head = [f"# {line}" for line in header_lines(resolved)]
-    head.append(f"# Run: {prefix + ' ' if prefix else ''}{' '.join(launcher)} THIS_FILE.yaml")
+    head.append(one_line(f"# Run: {prefix + ' ' if prefix else ''}{' '.join(launcher)} THIS_FILE.yaml"))
     if cmd.unset:
         head.append(f"# with {', '.join(cmd.unset)} unset")
     return "\n".join(head) + "\n" + dump(dict(resolved.args))

@@ -3,6 +3,7 @@ combinations ms-swift would refuse only after start-up. Nothing here reads the m
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -86,8 +87,13 @@ def schema_problems(exc: ValidationError, loaded: Loaded, cat: catalog.Catalog) 
         else:
             value = err.get("input")
             msg = str(err["msg"]).removeprefix("Value error, ")  # pydantic's wording, not the user's
-            shown = value if not isinstance(value, (dict, list)) or len(repr(value)) < 80 else "..."
-            out.append(report("C002", at, f"{msg} (got {shown!r})", _schema_fix(err)))
+            if any(is_secret_name(str(part)) for part in err["loc"]):
+                got = "value not shown: the key names a secret"
+            elif isinstance(value, (dict, list)) and len(repr(value)) > 80:
+                got = f"got a {type(value).__name__}"
+            else:
+                got = f"got {value!r}"
+            out.append(report("C002", at, f"{msg} ({got})", _schema_fix(err)))
     return out
 
 
@@ -293,6 +299,55 @@ def tuner_types(cat: catalog.Catalog) -> tuple[str, ...]:
     """The tuner types of ``cat``'s ms-swift, from the catalog's own choices."""
     arg = cat.get(dialect.spelling("tuner_type", cat.major) or "tuner_type")
     return (arg.choices or arg.help_choices or ()) if arg is not None else ()
+
+
+# Ranges that ms-swift, transformers or torch check only after start-up, each with the check
+# it mirrors. Sentinels stay legal (max_steps: -1 means "by epochs").
+RANGES: dict[str, tuple[float, float, str]] = {
+    "learning_rate": (0.0, math.inf, "torch.optim: Invalid learning rate"),
+    "per_device_train_batch_size": (1, math.inf, "torch DataLoader: batch_size should be a positive integer"),
+    "per_device_eval_batch_size": (1, math.inf, "torch DataLoader: batch_size should be a positive integer"),
+    "gradient_accumulation_steps": (1, math.inf, "transformers Trainer: steps per update"),
+    "num_train_epochs": (0.0, math.inf, "transformers Trainer: epochs to train"),
+    "save_total_limit": (1, math.inf, "transformers: checkpoints to keep"),
+    "warmup_ratio": (0.0, 1.0, "transformers TrainingArguments: warmup_ratio must lie in range [0,1]"),
+    "weight_decay": (0.0, math.inf, "torch.optim: Invalid weight_decay value"),
+    "lora_rank": (1, math.inf, "peft LoraConfig: r must be positive"),
+    "max_length": (1, math.inf, "ms-swift template: tokens per sample"),
+    "dataloader_num_workers": (0, math.inf, "torch DataLoader: num_workers option should be non-negative"),
+    "logging_steps": (0.0, math.inf, "transformers TrainingArguments: logging_steps"),
+    "save_steps": (0.0, math.inf, "transformers TrainingArguments: save_steps"),
+    "eval_steps": (0.0, math.inf, "transformers TrainingArguments: eval_steps"),
+}
+
+
+def check_values(args: dict[str, Any], problems: list[Problem], written: dict[str, str]) -> None:
+    """Numbers out of range and values that ms-swift's parser would take for a flag."""
+    for name, value in args.items():
+        key = f"args.{written.get(name, name)}"
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and item.startswith("--"):
+                problems.append(
+                    report(
+                        "A015",
+                        key,
+                        f"{item!r} would be read by ms-swift as a flag, not as a value of {name}",
+                        "remove it, or give the flag its own key",
+                    )
+                )
+        if name in RANGES and isinstance(value, (int, float)) and not isinstance(value, bool):
+            low, high, mirrors = RANGES[name]
+            if not (math.isfinite(value) and low <= value <= high):
+                span = f"at least {low:g}" if high == math.inf else f"between {low:g} and {high:g}"
+                span = span if math.isfinite(value) else f"a finite number, {span}"
+                problems.append(
+                    report(
+                        "A016",
+                        key,
+                        f"{name} must be {span}, got {value} ({mirrors})",
+                        f"set {name} to a value {span}",
+                    )
+                )
 
 
 def check_combinations(

@@ -11,6 +11,7 @@ from sftctl.config.presets import PresetInfo
 from sftctl.config.resolve import Overrides, Resolved, resolve
 from sftctl.config.yamlio import dump
 from sftctl.swift.dialect import RENAMED_3_TO_4
+from sftctl.util.text import one_line
 
 
 def preset_table(items: list[PresetInfo]) -> None:
@@ -23,7 +24,7 @@ def preset_table(items: list[PresetInfo]) -> None:
     table.add_column("origin")
     table.add_column("description", overflow="fold")
     for item in items:
-        table.add_row(item.name, item.origin, item.description)
+        table.add_row(one_line(item.name), item.origin, one_line(item.description))
     Console(width=max(100, Console().width)).print(table)
 
 

@@ -223,6 +223,7 @@ def resolve_loaded(
     if isinstance(loaded.data.get("args", {}), dict) and not any(p.rule_id == "C008" for p in problems):
         rules.fill_templates(args, loaded.preset, problems)
     rules.check_combinations(args, cat, problems, written)
+    rules.check_values(args, problems, written)
     if config is None:
         raise ConfigError(problems=problems)
     rules.check_env(config.env, problems)

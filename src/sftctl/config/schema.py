@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _GPU_ID = re.compile(r"^-?\d+$")
 _GPU_RANGE = re.compile(r"^(\d+)-(\d+)$")
+# More devices than any node has; a bound keeps '0-99999999' from eating the memory.
+MAX_GPU_ID = 1023
 
 
 def parse_gpus(text: str) -> list[int]:
@@ -23,11 +25,14 @@ def parse_gpus(text: str) -> list[int]:
     for part in (p.strip() for p in text.split(",")):
         rng = _GPU_RANGE.match(part)
         if rng and int(rng.group(1)) <= int(rng.group(2)):
-            out.extend(range(int(rng.group(1)), int(rng.group(2)) + 1))
+            first, last = int(rng.group(1)), int(rng.group(2))
         elif _GPU_ID.match(part):
-            out.append(int(part))
+            first = last = int(part)
         else:
-            raise ValueError(f"'{part}' in '{text}' is not a GPU id or a range like 0-3")
+            raise ValueError(f"'{part}' is not a GPU id or a range like 0-3")
+        if last > MAX_GPU_ID:
+            raise ValueError(f"'{part}' names GPU {last}; ids go up to {MAX_GPU_ID}")
+        out.extend(range(first, last + 1))
     return out
 
 
@@ -45,11 +50,12 @@ class Launch(BaseModel):
         None,
         description="GPU ids for CUDA_VISIBLE_DEVICES; omitted: inherit the environment's",
     )
-    nproc_per_node: int = Field(1, ge=1, description="training processes per node")
+    # strict: `master_port: true` must not become port 1.
+    nproc_per_node: int = Field(1, ge=1, strict=True, description="training processes per node")
     master_port: int | None = Field(
-        None, ge=1, le=65535, description="rendezvous port; omitted: a free one at launch"
+        None, ge=1, le=65535, strict=True, description="rendezvous port; omitted: a free one at launch"
     )
-    nnodes: int = Field(1, ge=1, description="number of nodes")
+    nnodes: int = Field(1, ge=1, strict=True, description="number of nodes")
 
     @field_validator("gpus", mode="before")
     @classmethod

@@ -111,18 +111,74 @@ class _DuplicateKey(Exception):
         self.key, self.line, self.column = key, line, column
 
 
+# More values than any real config holds; aliases that expand beyond it are refused
+# (a 1 KB "billion laughs" document would otherwise take gigabytes downstream).
+MAX_VALUES = 100_000
+
+
+class TooLarge(Exception):
+    """A document whose aliases expand to more than MAX_VALUES values, or refer to themselves."""
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Count the values the document stands for once its aliases are expanded."""
+    sizes: dict[int, int] = {}
+    started: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            sizes[key] = 1 + sum(sizes[id(c)] for c in _children(node))
+            if sizes[key] > MAX_VALUES:
+                raise TooLarge(f"its aliases expand to more than {MAX_VALUES:,} values")
+            continue
+        if key in sizes:
+            continue
+        if key in started:
+            raise TooLarge("an alias refers to the node that contains it")
+        started.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node) if id(c) not in sizes)
+
+
+def _load(text: str) -> Any:
+    """Parse with the YAML 1.2 loader, refusing documents whose aliases blow up."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def parse_scalar(text: str) -> Any:
     """Parse one value the way a YAML file would (used for ``--set`` and flow lists)."""
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
-    except (yaml.YAMLError, _DuplicateKey, _BadKey):
+        return _load(text)
+    except (yaml.YAMLError, _DuplicateKey, _BadKey, TooLarge):
         return text
 
 
 def load_text(text: str, source: str) -> dict[str, Any]:
     """Load a config document; the top level must be a non-empty mapping."""
     try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        data = _load(text)
+    except TooLarge as exc:
+        raise ConfigError(
+            problems=[report("F011", source, f"refused: {exc}", "write the values out; keep aliases small")]
+        ) from None
     except _DuplicateKey as exc:
         raise ConfigError(
             problems=[

@@ -32,14 +32,18 @@ NOT_SECRET = frozenset(
         "VERA_PROJECTION_PRNG_KEY",
     }
 )
+# Names whose last word is no secret word, but whose value carries a credential.
+SECRET_NAMES = frozenset({"SWANLAB_WEBHOOK_URL", "WEBHOOK_URL"})
 _PARTS = re.compile(r"[_\-]+")
 
 
 def is_secret_name(name: str) -> bool:
     """True for an environment variable or argument name that holds a secret."""
-    upper = name.upper()
+    upper = name.upper().replace("-", "_")
     if upper in NOT_SECRET:
         return False
+    if upper in SECRET_NAMES or upper.endswith("_WEBHOOK_URL"):
+        return True
     parts = [p for p in _PARTS.split(upper) if p]
     return bool(parts) and parts[-1] in _SECRET_LAST
 

@@ -8,6 +8,14 @@ from collections.abc import Iterable
 CUTOFF = 0.6
 
 
+def one_line(text: str) -> str:
+    """``text`` safe inside a comment line or a terminal cell: line breaks, escape sequences
+    and other control characters are shown escaped, never acted on."""
+    return "".join(
+        ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii") for ch in text
+    )
+
+
 def near(word: str, known: Iterable[str], n: int = 3) -> list[str]:
     """Up to ``n`` names in ``known`` close to ``word``, best first."""
     return difflib.get_close_matches(word, list(known), n=n, cutoff=CUTOFF)

@@ -1,0 +1,126 @@
+"""Hostile input (issue: nothing lost, no one let in): injection into rendered text,
+resource blow-ups, secrets smuggled or echoed, values ms-swift rejects only after launch.
+
+Each test names the item (H<N>) it covers; all run the installed console script."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from test_regressions import sftctl, write
+
+pytestmark = pytest.mark.timeout(120)
+
+MARK = "MARK-not-to-be-echoed-7f3a"
+
+
+def test_h6_a_file_name_cannot_inject_into_the_script(tmp_path: Path) -> None:
+    cfg = write(tmp_path, "a\ntouch PWNED\nb.yaml", "extends: cpu-smoke\n")
+    out = sftctl(tmp_path, "render", str(cfg))
+    assert out.returncode == 0, out.stderr
+    script = tmp_path / "r.sh"
+    script.write_text(out.stdout)
+    # Every comment line stays one line; bash -n parses it, and nothing ran.
+    assert all(line.startswith("#") for line in out.stdout.splitlines()[1:4])
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    assert "\\ntouch PWNED\\n" in out.stdout
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_h6_an_env_value_cannot_inject_keys_into_swift_yaml(tmp_path: Path) -> None:
+    import yaml
+
+    out = sftctl(
+        tmp_path, "render", "cpu-smoke", "--format", "swift-yaml", "--set", "env.X=a\nadd_version: false"
+    )
+    assert out.returncode == 0, out.stderr
+    doc = yaml.safe_load(out.stdout)
+    assert "add_version" not in doc
+
+
+def test_h6_a_description_cannot_send_escape_sequences(tmp_path: Path) -> None:
+    write(tmp_path, "presets/evil.yaml", 'description: "\\e[2J\\e]0;owned\\aok"\nextends: cpu-smoke\n')
+    out = sftctl(tmp_path, "presets")
+    assert out.returncode == 0 and "\x1b" not in out.stdout and "\\x1b" in out.stdout
+
+
+@pytest.mark.parametrize("where", ["env", "description", "args.model_kwargs"])
+def test_h7_an_alias_bomb_is_refused_at_once(tmp_path: Path, where: str) -> None:
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+        for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+    )
+    head, _, key = where.partition(".")
+    body = f"{head}:\n  {key}: *i\n" if key else f"{head}: *i\n"
+    cfg = write(
+        tmp_path, "bomb.yaml", "x-anchors:\n" + "".join("  " + ln + "\n" for ln in bomb.splitlines()) + body
+    )
+    start = time.monotonic()
+    out = sftctl(tmp_path, "validate", str(cfg), "--json")
+    assert time.monotonic() - start < 10
+    assert out.returncode == 1
+    assert [p["id"] for p in json.loads(out.stdout)[str(cfg)]] == ["F011"]
+
+
+@pytest.mark.parametrize("gpus", ["0-99999", "0-99999999", "1024"])
+def test_h7_gpu_ranges_are_bounded(tmp_path: Path, gpus: str) -> None:
+    start = time.monotonic()
+    out = sftctl(tmp_path, "validate", "cpu-smoke", "--gpus", gpus)
+    assert time.monotonic() - start < 10
+    assert out.returncode == 1 and "ids go up to 1023" in out.stderr
+
+
+@pytest.mark.parametrize("name", ["swanlab_secret", "swanlab_webhook_url", "hub_token"])
+def test_h8_secret_arguments_are_refused(tmp_path: Path, name: str) -> None:
+    out = sftctl(tmp_path, "validate", "cpu-smoke", "--set", f"{name}={MARK}", "--json")
+    assert out.returncode == 1
+    assert [p["id"] for p in json.loads(out.stdout)["cpu-smoke"]] == ["S001"]
+    assert MARK not in out.stdout + out.stderr
+
+
+def test_h8_a_flag_smuggled_in_a_list_value_is_refused(tmp_path: Path) -> None:
+    out = sftctl(
+        tmp_path, "validate", "cpu-smoke", "--set", f"dataset=[builtin:demo-sft, --hub_token, {MARK}]"
+    )
+    assert out.returncode == 1 and "would be read by ms-swift as a flag" in out.stderr
+
+
+def test_h8_a_secret_keys_value_is_never_echoed(tmp_path: Path) -> None:
+    cfg = write(tmp_path, "s.yaml", f"extends: cpu-smoke\nenv:\n  HF_TOKEN:\n    nested: {MARK}\n")
+    out = sftctl(tmp_path, "validate", str(cfg))
+    assert out.returncode == 1 and "env.HF_TOKEN" in out.stderr
+    assert MARK not in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        "learning_rate=nan",
+        "learning_rate=inf",
+        "learning_rate=-1e-4",
+        "per_device_train_batch_size=0",
+        "gradient_accumulation_steps=0",
+        "num_train_epochs=-1",
+        "save_total_limit=-1",
+        "warmup_ratio=1.5",
+        "output_dir=--resume_from_checkpoint",
+    ],
+)
+def test_h10_values_ms_swift_rejects_late_are_refused(tmp_path: Path, item: str) -> None:
+    out = sftctl(tmp_path, "validate", "cpu-smoke", "--set", item, "--json")
+    assert out.returncode == 1, out.stdout
+    (problem,) = json.loads(out.stdout)["cpu-smoke"]
+    assert problem["id"] in ("A015", "A016"), problem
+
+
+def test_h10_sentinels_stay_legal(tmp_path: Path) -> None:
+    assert sftctl(tmp_path, "validate", "cpu-smoke", "--set", "max_steps=-1").returncode == 0
+
+
+def test_h10_master_port_true_is_not_port_1(tmp_path: Path) -> None:
+    out = sftctl(tmp_path, "render", "cpu-smoke-ddp", "--set", "launch.master_port=true")
+    assert out.returncode == 1 and "launch.master_port" in out.stderr
