@@ -124,3 +124,85 @@ def test_h10_sentinels_stay_legal(tmp_path: Path) -> None:
 def test_h10_master_port_true_is_not_port_1(tmp_path: Path) -> None:
     out = sftctl(tmp_path, "render", "cpu-smoke-ddp", "--set", "launch.master_port=true")
     assert out.returncode == 1 and "launch.master_port" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("truncated", b'{"status": "runn'),
+        ("empty", b""),
+        ("binary", b"\xff\xfe\x00\x01"),
+        ("list", b"[1, 2]"),
+        ("null", b"null"),
+    ],
+)
+@pytest.mark.parametrize("command", ["show", "stop", "resume"])
+def test_h9_a_broken_manifest_is_one_line(tmp_path: Path, name: str, content: bytes, command: str) -> None:
+    run_dir = tmp_path / "v0-20261130-000000"
+    run_dir.mkdir()
+    (run_dir / "sftctl-manifest.json").write_bytes(content)
+    out = sftctl(tmp_path, command, str(run_dir))
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    assert "Traceback" not in out.stderr and "internal error" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_h9_a_pointer_loop_and_a_foreign_file_are_one_line(tmp_path: Path) -> None:
+    loop = tmp_path / ".sftctl" / "x"
+    loop.mkdir(parents=True)
+    (loop / "manifest.json").write_text(
+        json.dumps({"moved_to": str(loop), "manifest": str(loop / "manifest.json")})
+    )
+    out = sftctl(tmp_path, "stop", str(loop))
+    assert out.returncode == 1 and "leads back to itself" in out.stderr
+    out = sftctl(tmp_path, "stop", "/etc/passwd")
+    assert out.returncode == 1 and "not a readable sftctl manifest" in out.stderr
+
+
+@pytest.mark.parametrize("kind", ["under-a-file", "dangling-link", "link-loop"])
+def test_h9_an_unusable_output_dir_is_refused_before_launch(tmp_path: Path, kind: str) -> None:
+    if kind == "under-a-file":
+        (tmp_path / "afile").write_text("x")
+        target = tmp_path / "afile" / "out"
+    elif kind == "dangling-link":
+        (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+        target = tmp_path / "gone"
+    else:
+        (tmp_path / "l1").symlink_to(tmp_path / "l2")
+        (tmp_path / "l2").symlink_to(tmp_path / "l1")
+        target = tmp_path / "l1" / "out"
+    out = sftctl(
+        tmp_path, "run", "cpu-smoke", "--set", f"output_dir={target}", SFTCTL_CACHE=str(tmp_path / "c")
+    )
+    assert out.returncode == 1, out.stderr
+    assert "H012" not in out.stderr and "cannot create or write" in out.stderr
+    assert "nothing was started" in out.stderr and "internal error" not in out.stderr
+
+
+def test_h9_an_unusable_cache_is_refused_before_launch(tmp_path: Path) -> None:
+    (tmp_path / "cachefile").write_text("x")
+    out = sftctl(tmp_path, "run", "cpu-smoke", SFTCTL_CACHE=str(tmp_path / "cachefile"))
+    assert out.returncode == 1 and "SFTCTL_CACHE" in out.stderr and "internal error" not in out.stderr
+
+
+def test_h9_control_characters_in_values(tmp_path: Path) -> None:
+    esc = write(tmp_path, "esc.yaml", 'extends: cpu-smoke\nargs:\n  system: "a\\eb"\n')
+    for argv in (["render", str(esc), "--format", "swift-yaml"], ["show", str(esc)]):
+        out = sftctl(tmp_path, *argv)
+        assert out.returncode == 0 and 'system: "a\\eb"' in out.stdout, out.stderr
+    nul = write(tmp_path, "nul.yaml", 'extends: cpu-smoke\nargs:\n  system: "a\\0b"\n')
+    out = sftctl(tmp_path, "validate", str(nul))
+    assert out.returncode == 1 and "NUL" in out.stderr
+
+
+def test_h9_an_unreadable_user_preset_does_not_break_the_list(tmp_path: Path) -> None:
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "bad.yaml").write_bytes(b"description: \xff\xfe\n")
+    out = sftctl(tmp_path, "presets")
+    assert out.returncode == 0 and "(unreadable)" in out.stdout and "cpu-smoke" in out.stdout
+
+
+@pytest.mark.parametrize("grace", ["nan", "inf", "-1"])
+def test_h5_grace_must_be_seconds(tmp_path: Path, grace: str) -> None:
+    out = sftctl(tmp_path, "run", "cpu-smoke", "--grace", grace)
+    assert out.returncode == 2 and "not a number of seconds" in out.stderr

@@ -326,7 +326,13 @@ def check_values(args: dict[str, Any], problems: list[Problem], written: dict[st
     for name, value in args.items():
         key = f"args.{written.get(name, name)}"
         for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, str) and item.startswith("--"):
+            if isinstance(item, str) and "\x00" in item:
+                problems.append(
+                    report(
+                        "A017", key, f"a value of {name} holds a NUL character", "remove the NUL character"
+                    )
+                )
+            elif isinstance(item, str) and item.startswith("--"):
                 problems.append(
                     report(
                         "A015",

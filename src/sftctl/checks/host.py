@@ -169,6 +169,29 @@ def check_disk(resolved: Resolved, output_dir: Path, model_dir: Path | None) -> 
     return []
 
 
+def check_writable(output_dir: Path) -> list[Problem]:
+    """output_dir, or the folder it would be made in, must be a folder this user can write."""
+    path = output_dir
+    while not path.exists() and not path.is_symlink() and path != path.parent:
+        path = path.parent
+    if path.is_symlink() and not path.exists():
+        why = f"{path} is a symbolic link to nothing (dangling, or a loop)"
+    elif not path.is_dir():
+        why = f"{path} is not a folder"
+    elif not os.access(path, os.W_OK | os.X_OK):
+        why = f"{path} is not writable"
+    else:
+        return []
+    return [
+        report(
+            "H012",
+            "args.output_dir",
+            f"cannot create or write {output_dir}: {why}",
+            "set output_dir to a folder you can write",
+        )
+    ]
+
+
 def check_output_dir(resolved: Resolved, output_dir: Path, resume: bool) -> list[Problem]:
     """ms-swift with add_version false writes straight into output_dir: refuse to mix
     this run's checkpoints with another run's, unless resuming it."""

@@ -7,6 +7,7 @@
 
 import functools
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,18 @@ VersionOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-GraceOpt = Annotated[float, typer.Option("--grace", help="Seconds between forwarding a signal and SIGKILL.")]
+
+
+def seconds_option(value: float) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise typer.BadParameter(f"{value} is not a number of seconds (give e.g. 30)")
+    return value
+
+
+GraceOpt = Annotated[
+    float,
+    typer.Option("--grace", callback=seconds_option, help="Seconds between forwarding a signal and SIGKILL."),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress display.")]
 
 

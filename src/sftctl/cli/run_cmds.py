@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from sftctl.cli.boundary import boundary
-from sftctl.cli.options import GraceOpt, JsonOpt, QuietOpt, TargetSpec, target_command
+from sftctl.cli.options import GraceOpt, JsonOpt, QuietOpt, TargetSpec, seconds_option, target_command
 
 RunDirArg = Annotated[Path, typer.Argument(help="A run folder (or its .sftctl staging folder).")]
 
@@ -60,7 +60,10 @@ def resume_cmd(run_dir: RunDirArg, grace: GraceOpt = 30.0, quiet: QuietOpt = Fal
 def stop(
     run_dir: RunDirArg,
     grace: Annotated[
-        float, typer.Option("--grace", help="Seconds before SIGKILL if the supervisor is gone.")
+        float,
+        typer.Option(
+            "--grace", callback=seconds_option, help="Seconds before SIGKILL if the supervisor is gone."
+        ),
     ] = 30.0,
 ) -> None:
     """Stop a running or detached run: SIGTERM to its whole process tree, then SIGKILL."""

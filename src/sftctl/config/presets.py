@@ -104,7 +104,11 @@ def list_presets() -> list[PresetInfo]:
         found[name] = PresetInfo(name, "builtin", _description(text), where)
     for name, path in _user_files().items():
         origin = "user, shadows shipped" if name in found else "user"
-        found[name] = PresetInfo(name, origin, _description(path.read_text("utf-8")), str(path))
+        try:
+            description = _description(path.read_text("utf-8"))
+        except (OSError, UnicodeDecodeError):
+            description = "(unreadable)"  # listed all the same; using it reports the exact problem
+        found[name] = PresetInfo(name, origin, description, str(path))
     return [found[k] for k in sorted(found)]
 
 

@@ -256,7 +256,9 @@ def _represent_written_12(dumper: _Dumper12, value: WrittenFloat) -> yaml.Scalar
 def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
     # Quote strings that a YAML 1.1 or 1.2 reader would turn into bools or numbers.
     style = None
-    if "\n" in value:
+    if any(not (ch.isprintable() or ch in " \n") for ch in value):
+        style = '"'  # control characters only survive as escapes in a double-quoted scalar
+    elif "\n" in value:
         style = "|"
     elif _looks_typed(value):
         style = "'"

@@ -142,9 +142,22 @@ def prepare(
     resolved: Resolved, env: Mapping[str, str], opts: RunOptions, cwd: Path
 ) -> tuple[launchers.Command, dict[str, str], Path, list[str]]:
     """Every check that can refuse the run, then the exact command. Starts nothing."""
-    paths = _materialise(resolved)
+    try:
+        paths = _materialise(resolved)
+    except OSError as exc:
+        raise RefusedError(
+            problems=[
+                report(
+                    "H013",
+                    "SFTCTL_CACHE",
+                    f"the built-in assets cannot be written to sftctl's cache ({exc})",
+                    "set SFTCTL_CACHE to a writable folder",
+                )
+            ]
+        ) from None
     problems = hostcheck.check(resolved, env, cwd=cwd, path_of=paths)
     output_dir = _output_dir(resolved, cwd)
+    problems += hostcheck.check_writable(output_dir)
     problems += hostcheck.check_output_dir(resolved, output_dir, opts.resume)
     launch = resolved.config.launch
     port = launch.master_port
@@ -394,6 +407,14 @@ def _alive(pid: object, start: object) -> supervise.ProcRef | None:
     return ref if ref is not None and ref.start == start else None
 
 
+def _record_quietly(path: Path, data: dict[str, Any]) -> None:
+    """Update a manifest after the fact; a folder that is not writable only costs the update."""
+    try:
+        write_json_atomic(path, data)
+    except OSError as exc:
+        _say(f"sftctl: could not update {path} ({exc.strerror}); the run's processes were handled")
+
+
 def stop(path: Path, grace: float = 30.0) -> int:
     """Stop a (detached) run the clean way: its supervisor forwards SIGTERM to the tree."""
     import signal
@@ -417,7 +438,7 @@ def stop(path: Path, grace: float = 30.0) -> int:
         if data.get("status") in ("starting", "running") and data.get("pid") is None:
             # Stopped while still checking and preparing: no training process was started.
             data.update(status="stopped before launch", ended_at=now_iso())
-            write_json_atomic(path, data)
+            _record_quietly(path, data)
         _say(f"sftctl: stopped (status: {data.get('status')}, exit code {data.get('exit_code')})")
         return 0
     # The supervisor is gone (killed hard): end what is left of the tree ourselves, but only
@@ -432,7 +453,7 @@ def stop(path: Path, grace: float = 30.0) -> int:
     else:
         _say("sftctl: neither the supervisor nor the training command is running any more")
     data.update(status="stopped without supervisor", ended_at=now_iso())
-    write_json_atomic(manifest_path, data)
+    _record_quietly(manifest_path, data)
     return 0
 
 

@@ -21,6 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from sftctl.errors import ConfigError
 from sftctl.swift.outputs import ANNOUNCE, RUN_FOLDER, complete_checkpoints
 from sftctl.util.fs import write_json_atomic
 
@@ -193,32 +194,44 @@ def base_manifest(**fields: Any) -> dict[str, Any]:
     }
 
 
-def read_manifest(path: Path) -> tuple[Path, dict[str, Any]]:
-    """The manifest of a run folder, a staging folder, or a manifest file; follows pointers."""
-    if path.is_file():
-        candidates = [path]
-    else:
-        extra = sorted(path.glob("sftctl-manifest-*.json"), key=lambda p: p.stat().st_mtime)
-        candidates = [path / POINTER, *reversed(extra), path / MANIFEST]
-    for cand in candidates:
-        if cand.is_file():
-            data: dict[str, Any] = json.loads(cand.read_text(encoding="utf-8"))
-            if "moved_to" in data:
-                return read_manifest(Path(data.get("manifest") or data["moved_to"]))
-            return cand, data
+def _no_manifest(path: Path, why: str) -> ConfigError:
     from sftctl.checks.registry import report
-    from sftctl.errors import ConfigError
 
-    raise ConfigError(
+    return ConfigError(
         problems=[
-            report(
-                "R002",
-                str(path),
-                "no sftctl manifest here",
-                "give a run folder (v<N>-...) or its output_dir/.sftctl/<id>",
-            )
+            report("R002", str(path), why, "give a run folder (v<N>-...) or its output_dir/.sftctl/<id>")
         ]
     )
+
+
+def read_manifest(path: Path, _seen: frozenset[str] = frozenset()) -> tuple[Path, dict[str, Any]]:
+    """The manifest of a run folder, a staging folder, or a manifest file; follows pointers.
+
+    Anything else (missing, unreadable, not JSON, not a record, a pointer loop) is R002."""
+    try:
+        if path.is_file():
+            candidates = [path]
+        else:
+            extra = sorted(path.glob("sftctl-manifest-*.json"), key=lambda p: p.stat().st_mtime)
+            candidates = [path / POINTER, *reversed(extra), path / MANIFEST]
+        cand = next((c for c in candidates if c.is_file()), None)
+        if cand is None:
+            raise _no_manifest(path, "no sftctl manifest here")
+        if os.path.realpath(cand) in _seen:
+            raise _no_manifest(path, "the manifest's pointer leads back to itself")
+        data = json.loads(cand.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise _no_manifest(
+            path, f"not a readable sftctl manifest ({exc.__class__.__name__}: {exc})"
+        ) from None
+    if not isinstance(data, dict):
+        raise _no_manifest(cand, f"not an sftctl manifest (a JSON {type(data).__name__})")
+    if "moved_to" in data:
+        target = data.get("manifest") or data.get("moved_to")
+        if not isinstance(target, str):
+            raise _no_manifest(cand, "a pointer that names no manifest")
+        return read_manifest(Path(target), _seen | {os.path.realpath(cand)})
+    return cand, data
 
 
 def list_runs(output_dir: Path) -> list[dict[str, Any]]:
