@@ -73,7 +73,7 @@ def test_stop_leaves_a_process_that_reuses_a_recorded_pid_alone(tmp_path: Path, 
         )  # same pid, another process
         out = cli.invoke(app, ["stop", str(staging)])
         assert out.exit_code == 0
-        assert "neither the supervisor nor the training command is running" in out.output
+        assert "neither the supervisor nor any process of this run is running" in out.output
         assert bystander.poll() is None, "an unrelated process was killed"
         assert json.loads((staging / "manifest.json").read_text())["status"] == "stopped without supervisor"
     finally:

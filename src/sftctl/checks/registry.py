@@ -107,8 +107,10 @@ RULES: dict[str, Rule] = {
             ("H011", "the run to resume is still running"),
             ("H012", "output_dir cannot be created or written"),
             ("H013", "sftctl's cache cannot be written"),
+            ("H014", "output_dir is in use by another run"),
             ("R001", "a rendered file that differs from the rendering"),
             ("R002", "no sftctl run record where one was expected"),
+            ("R003", "a process a run record names that is not that run's"),
         ),
     ]
 }

@@ -23,8 +23,17 @@ from sftctl.config.resolve import Overrides, Resolved, resolve, resolve_loaded
 from sftctl.config.yamlio import dump, load_text
 from sftctl.errors import LaunchError, RefusedError, errors_of
 from sftctl.resources import gpus
-from sftctl.runtime import supervise
-from sftctl.runtime.record import RunRecord, base_manifest, now_iso, read_manifest
+from sftctl.runtime import ownership, supervise
+from sftctl.runtime.record import (
+    LOG,
+    POINTER,
+    STAGING,
+    RunRecord,
+    base_manifest,
+    new_run_id,
+    now_iso,
+    read_manifest,
+)
 from sftctl.swift.outputs import complete_checkpoints
 from sftctl.swift.values import as_texts
 from sftctl.util import envvars
@@ -157,7 +166,6 @@ def prepare(
         ) from None
     problems = hostcheck.check(resolved, env, cwd=cwd, path_of=paths)
     output_dir = _output_dir(resolved, cwd)
-    problems += hostcheck.check_writable(output_dir)
     problems += hostcheck.check_output_dir(resolved, output_dir, opts.resume)
     launch = resolved.config.launch
     port = launch.master_port
@@ -209,11 +217,75 @@ def run(
                 "nothing to resume, nothing started"
             )
             return 0
-    cmd, _paths, output_dir, warnings = prepare(resolved, env, opts, cwd)
-    for warning in warnings:
-        _say(f"warning: {warning}")
-    if opts.detach:
-        return _detach(target, overrides, opts, output_dir)
+    in_place = resolved.args.get("add_version", True) is False
+    run_id = opts.run_id or new_run_id()
+    unusable = hostcheck.check_writable(_output_dir(resolved, cwd))
+    if unusable:
+        raise RefusedError(problems=unusable)
+    lock = _lock(_output_dir(resolved, cwd), run_id, in_place)
+    try:
+        cmd, _paths, output_dir, warnings = prepare(resolved, env, opts, cwd)
+        for warning in warnings:
+            _say(f"warning: {warning}")
+        if opts.detach:
+            lock.release()  # the background supervisor takes it again for the run's life
+            return _detach(target, overrides, opts, output_dir, run_id)
+        return _launch(target, resolved, cmd, env, opts, cwd, output_dir, run_id, in_place)
+    finally:
+        lock.release()
+
+
+def _lock(output_dir: Path, run_id: str, in_place: bool) -> ownership.Held:
+    """The output folder's lock for this run, or a refusal naming the run that holds it."""
+    try:
+        return ownership.acquire(
+            output_dir / STAGING,
+            run_id,
+            exclusive=in_place,
+            info={"pid": os.getpid(), "output_dir": str(output_dir), "started_at": now_iso()},
+        )
+    except ownership.Busy as busy:
+        who = busy.holder
+        if who.get("survivors"):
+            what = (
+                f"run {who.get('run_id')} lost its supervisor but its processes "
+                f"{who['survivors']} still run there"
+            )
+            fix = f"stop them first: sftctl stop {output_dir / STAGING / str(who.get('run_id'))}"
+        elif who.get("run_id"):
+            what = f"run {who['run_id']} (pid {who.get('pid')}, started {who.get('started_at')}) writes there"
+            fix = "wait for it, stop it, or choose another output_dir"
+        else:
+            what = "runs are in progress there (add_version: false needs the folder to itself)"
+            fix = f"see sftctl runs {output_dir}, or choose another output_dir"
+        raise RefusedError(
+            problems=[report("H014", "args.output_dir", f"{output_dir} is in use: {what}", fix)]
+        ) from None
+    except OSError as exc:
+        raise RefusedError(
+            problems=[
+                report(
+                    "H012",
+                    "args.output_dir",
+                    f"cannot lock {output_dir}: {exc.strerror}",
+                    "set output_dir to a folder you can write",
+                )
+            ]
+        ) from None
+
+
+def _launch(
+    target: str,
+    resolved: Resolved,
+    cmd: launchers.Command,
+    env: dict[str, str],
+    opts: RunOptions,
+    cwd: Path,
+    output_dir: Path,
+    run_id: str,
+    in_place: bool,
+) -> int:
+    """Record, start and supervise the command; the output folder's lock is held by the caller."""
 
     document = resolved.document()
     record = RunRecord.create(
@@ -237,8 +309,8 @@ def run(
             grace=opts.grace,
             supervisor_start=_start_of(os.getpid()),
         ),
-        in_place=resolved.args.get("add_version", True) is False,
-        run_id=opts.run_id,
+        in_place=in_place,
+        run_id=run_id,
     )
 
     mode = "quiet" if opts.quiet else ("live" if sys.stdout.isatty() else "plain")
@@ -261,7 +333,7 @@ def run(
 
             outcome = supervise.run_supervised(
                 cmd.argv,
-                child_env(cmd, env),
+                {**child_env(cmd, env), ownership.MARKER: run_id},
                 cwd=cwd,
                 log_path=record.log,
                 grace=opts.grace,
@@ -337,11 +409,8 @@ def _summary(record: RunRecord, outcome: supervise.Outcome, stats: Any, wall: fl
     _say("\n".join(lines))
 
 
-def _detach(target: str, overrides: Overrides, opts: RunOptions, output_dir: Path) -> int:
+def _detach(target: str, overrides: Overrides, opts: RunOptions, output_dir: Path, run_id: str) -> int:
     """Start `sftctl run` again in its own session, so the run survives this terminal."""
-    from sftctl.runtime.record import LOG, POINTER, STAGING, new_run_id
-
-    run_id = new_run_id()
     staging = output_dir / STAGING / run_id
     staging.mkdir(parents=True, exist_ok=True)
     argv = [
@@ -415,15 +484,47 @@ def _record_quietly(path: Path, data: dict[str, Any]) -> None:
         _say(f"sftctl: could not update {path} ({exc.strerror}); the run's processes were handled")
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _owned_by(pid: int, uid: int | None) -> bool:
+    """``pid`` runs as ``uid`` (the run folder's owner); root's own runs count for root."""
+    return uid is not None and ownership.process_uid(pid) == uid
+
+
 def stop(path: Path, grace: float = 30.0) -> int:
-    """Stop a (detached) run the clean way: its supervisor forwards SIGTERM to the tree."""
+    """Stop a (detached) run the clean way: its supervisor forwards SIGTERM to the tree.
+
+    Only processes that are provably this run's are signalled: the supervisor (the recorded
+    identity, an sftctl command line, owned by the run folder's owner) or processes that
+    carry the run's marker and belong to that owner. A manifest naming anything else is
+    refused, and nothing is signalled."""
     import signal
 
     manifest_path, data = read_manifest(path)
     if data.get("status") not in ("starting", "running"):
         _say(f"sftctl: the run is not running (status: {data.get('status')})")
         return 0
+    run_id = str(data.get("run_id") or "")
+    owner = ownership.owner_of(manifest_path)
+    writable = owner == os.geteuid()
     sup = _alive(data.get("supervisor_pid"), data.get("supervisor_start"))
+    if sup is not None and not ("sftctl" in _cmdline(sup.pid) and _owned_by(sup.pid, owner)):
+        raise RefusedError(
+            problems=[
+                report(
+                    "R003",
+                    str(manifest_path),
+                    f"process {sup.pid}, named as this run's supervisor, "
+                    "is not an sftctl run of the folder's owner",
+                    "check the manifest; nothing was signalled",
+                )
+            ]
+        )
     if sup is not None:
         os.kill(sup.pid, signal.SIGTERM)
         # The supervisor waits the run's own grace period before SIGKILL, then reaps.
@@ -435,34 +536,37 @@ def stop(path: Path, grace: float = 30.0) -> int:
             _say(f"sftctl: the run is still stopping after {wait:.0f} s (supervisor pid {sup.pid})")
             return 1
         path, data = read_manifest(manifest_path)
-        if data.get("status") in ("starting", "running") and data.get("pid") is None:
+        if data.get("status") in ("starting", "running") and data.get("pid") is None and writable:
             # Stopped while still checking and preparing: no training process was started.
             data.update(status="stopped before launch", ended_at=now_iso())
             _record_quietly(path, data)
         _say(f"sftctl: stopped (status: {data.get('status')}, exit code {data.get('exit_code')})")
         return 0
-    # The supervisor is gone (killed hard): end what is left of the tree ourselves, but only
-    # if its leader is still the process the manifest recorded.
-    leader = _alive(data.get("pid"), data.get("leader_start"))
-    if leader is not None:
-        killed = supervise.stop_tree([leader], signal.SIGTERM, grace)
+    # The supervisor is gone (killed hard): end what carries this run's marker, if anything.
+    procs = [pid for pid in ownership.marked(run_id) if _owned_by(pid, owner)] if run_id else []
+    refs = [ref for pid in procs if (ref := supervise.proc_ref(pid)) is not None]
+    if refs:
+        killed = supervise.stop_tree(refs, signal.SIGTERM, grace)
         _say(
-            "sftctl: the supervisor was gone; stopped the training processes"
+            f"sftctl: the supervisor was gone; stopped the run's {len(refs)} training process(es)"
             + (" (SIGKILL after the grace period)" if killed else "")
         )
     else:
-        _say("sftctl: neither the supervisor nor the training command is running any more")
-    data.update(status="stopped without supervisor", ended_at=now_iso())
-    _record_quietly(manifest_path, data)
+        _say("sftctl: neither the supervisor nor any process of this run is running any more")
+    if writable:
+        data.update(status="stopped without supervisor", ended_at=now_iso())
+        _record_quietly(manifest_path, data)
     return 0
 
 
 def resume(run_dir: Path, opts: RunOptions) -> int:
     """Continue a recorded run from its last complete checkpoint."""
     _, data = read_manifest(run_dir)
-    if data.get("status") in ("starting", "running") and _alive(
+    supervised = data.get("status") in ("starting", "running") and _alive(
         data.get("supervisor_pid"), data.get("supervisor_start")
-    ):
+    )
+    # The training can outlive a supervisor killed hard: its marker tells.
+    if supervised or (data.get("run_id") and ownership.marked(str(data["run_id"]))):
         raise RefusedError(
             problems=[
                 report(

@@ -1,0 +1,128 @@
+"""Who owns an output folder and a run's processes (issue: nothing lost, no one let in).
+
+H1: two real runs into one add_version: false folder: the second is refused before launch,
+naming the first; after the first's supervisor is SIGKILLed, its surviving training still
+keeps the folder busy, and `stop` ends exactly the processes carrying the run's marker.
+H2: a manifest crafted to name another user's process tree makes `stop` signal nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import default_signals, pause_hook, sftctl_exe
+from test_e2e_regressions import env_for, sftctl
+
+pytestmark = [
+    pytest.mark.timeout(600),
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc"),
+]
+IN_PLACE = ("--set", "add_version=false", "--set", "save_steps=8")
+
+
+def _marked(run_id: str) -> list[int]:
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if f"SFTCTL_RUN_ID={run_id}".encode() in Path(f"/proc/{name}/environ").read_bytes().split(
+                    b"\0"
+                ):
+                    out.append(int(name))
+            except OSError:
+                continue
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.swift
+@pytest.mark.skipif(importlib.util.find_spec("swift") is None, reason="needs ms-swift")
+def test_h1_one_in_place_folder_one_run(e2e_cache: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "paused"
+    env = env_for(e2e_cache, tmp_path / "home")
+    hooked = pause_hook(tmp_path / "hook", env, after_step=8, marker=marker)
+    work = tmp_path / "work"
+    work.mkdir()
+    first = subprocess.Popen(
+        [*sftctl_exe(), "run", "cpu-smoke", *IN_PLACE, "--quiet"],
+        cwd=work, env=hooked, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, preexec_fn=default_signals,
+    )  # fmt: skip
+    survivors: list[int] = []
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists():
+            assert first.poll() is None, first.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        lock = json.loads((work / "output" / "cpu-smoke" / ".sftctl" / "lock").read_text())
+        run_id = lock["run_id"]
+        second = sftctl(work, env, "run", "cpu-smoke", *IN_PLACE, "--set", "learning_rate=3e-4", timeout=60)
+        assert second.returncode == 1, second.stderr
+        assert f"run {run_id}" in second.stderr and "nothing was started" in second.stderr
+        # The supervisor dies hard; its training (paused, carrying the marker) lives on.
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+        survivors = _marked(run_id)
+        assert survivors, "the training should have outlived its supervisor for this test"
+        third = sftctl(work, env, "run", "cpu-smoke", *IN_PLACE, timeout=60)
+        assert third.returncode == 1 and "lost its supervisor" in third.stderr, third.stderr
+        stop = sftctl(work, env, "stop", str(work / "output" / "cpu-smoke" / ".sftctl" / run_id), timeout=90)
+        assert stop.returncode == 0, stop.stderr
+        assert "stopped the run's" in stop.stderr
+        time.sleep(1)
+        assert _marked(run_id) == []
+        # The folder is free again: what stops a fourth run now is the first run's checkpoint.
+        fourth = sftctl(work, env, "run", "cpu-smoke", *IN_PLACE, timeout=60)
+        assert fourth.returncode == 1 and "already holds checkpoints" in fourth.stderr, fourth.stderr
+    finally:
+        if first.poll() is None:
+            first.kill()
+        for pid in _marked(lock["run_id"]) if "lock" in locals() else []:
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to start nobody's process and own its folder")
+def test_h2_stop_signals_nothing_a_crafted_manifest_names(tmp_path: Path) -> None:
+    """A folder owned by nobody, a manifest naming nobody's unrelated process tree."""
+    folder = tmp_path / "crafted"
+    folder.mkdir()
+    victim = subprocess.Popen(["runuser", "-u", "nobody", "--", "sleep", "300"], start_new_session=True)
+    try:
+        time.sleep(0.5)
+        kids = [int(p) for p in Path(f"/proc/{victim.pid}/task/{victim.pid}/children").read_text().split()]
+        pids = [victim.pid, *kids]
+        starts = {p: int(Path(f"/proc/{p}/stat").read_bytes().split(b") ")[-1].split()[19]) for p in pids}
+        env = env_for(tmp_path / "cache", tmp_path / "home")
+        for role in ("supervisor", "leader"):
+            doc = {
+                "status": "running",
+                "run_id": "crafted",
+                "pid": pids[-1],
+                "leader_start": starts[pids[-1]],
+            }
+            if role == "supervisor":
+                doc.update(supervisor_pid=pids[-1], supervisor_start=starts[pids[-1]])
+            manifest = folder / "sftctl-manifest.json"
+            manifest.write_text(json.dumps(doc))
+            os.chown(folder, 65534, 65534)
+            os.chown(manifest, 65534, 65534)
+            out = sftctl(tmp_path, env, "stop", str(folder), timeout=60)
+            assert all(Path(f"/proc/{p}").exists() for p in pids), f"{role}: stop killed a foreign process"
+            assert json.loads(manifest.read_text()) == doc, "the manifest was rewritten"
+            assert manifest.stat().st_uid == 65534
+            if role == "supervisor":
+                assert out.returncode == 1 and "is not an sftctl run" in out.stderr, out.stderr
+            else:
+                assert out.returncode == 0 and "no" in out.stderr and "process of this run" in out.stderr
+    finally:
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait(10)
