@@ -1,13 +1,16 @@
 """Who owns an output folder and a run's processes (issue: nothing lost, no one let in).
 
 H1: two real runs into one add_version: false folder: the second is refused before launch,
-naming the first; after the first's supervisor is SIGKILLed, its surviving training still
-keeps the folder busy, and `stop` ends exactly the processes carrying the run's marker.
+naming the first; after the first's supervisor and watchdog are SIGKILLed, its surviving
+training still keeps the folder busy, and `stop` ends exactly the processes carrying the
+run's marker.
+H3: a SIGKILL of sftctl alone ends the whole run (its watchdog), setsid'd grandchildren too.
 H2: a manifest crafted to name another user's process tree makes `stop` signal nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -68,7 +71,14 @@ def test_h1_one_in_place_folder_one_run(e2e_cache: Path, tmp_path: Path) -> None
         second = sftctl(work, env, "run", "cpu-smoke", *IN_PLACE, "--set", "learning_rate=3e-4", timeout=60)
         assert second.returncode == 1, second.stderr
         assert f"run {run_id}" in second.stderr and "nothing was started" in second.stderr
-        # The supervisor dies hard; its training (paused, carrying the marker) lives on.
+        # The supervisor and its watchdog die hard (as in an OOM kill of both): the training
+        # (paused, carrying the marker) lives on.
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                with contextlib.suppress(OSError):
+                    line = Path(f"/proc/{pid}/cmdline").read_bytes()
+                    if b"sftctl.runtime.watchdog" in line and run_id.encode() in line:
+                        os.kill(int(pid), signal.SIGKILL)
         first.send_signal(signal.SIGKILL)
         first.wait(30)
         survivors = _marked(run_id)
@@ -126,3 +136,62 @@ def test_h2_stop_signals_nothing_a_crafted_manifest_names(tmp_path: Path) -> Non
     finally:
         os.killpg(victim.pid, signal.SIGKILL)
         victim.wait(10)
+
+
+# In the training processes: double-fork a `sleep` that calls setsid (it leaves the tree,
+# keeps the environment and so the run's marker), then go on training.
+ESCAPER = """
+import os, sys
+if sys.argv and sys.argv[0].replace(os.sep, "/").endswith("swift/cli/sft.py"):
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            os.execvp("sleep", ["sleep", "300"])
+        os._exit(0)
+    os.wait()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.swift
+@pytest.mark.skipif(importlib.util.find_spec("swift") is None, reason="needs ms-swift")
+@pytest.mark.parametrize("launcher", ["swift", "torchrun"])
+def test_h3_sigkill_of_sftctl_ends_the_whole_run(e2e_cache: Path, tmp_path: Path, launcher: str) -> None:
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(ESCAPER)
+    env = env_for(e2e_cache, tmp_path / "home")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(hook), env.get("PYTHONPATH")) if p)
+    work = tmp_path / "work"
+    work.mkdir()
+    argv = [*sftctl_exe(), "run", "cpu-smoke-ddp", "--set", "num_train_epochs=40", "--grace", "1", "--quiet"]
+    argv += ["--set", f"launch.launcher={launcher}"]
+    proc = subprocess.Popen(argv, cwd=work, env=env, stdin=subprocess.DEVNULL, preexec_fn=default_signals)
+    output = work / "output" / "cpu-smoke-ddp"
+    run_id = ""
+    try:
+        deadline = time.monotonic() + 300
+        while True:  # training has started: a step is logged
+            logs = list(output.glob("v*/logging.jsonl"))
+            if logs and logs[0].stat().st_size > 0:
+                break
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        (staging,) = [p for p in (output / ".sftctl").iterdir() if p.is_dir()]
+        run_id = staging.name  # a versioned run shares the lock and writes no holder record
+        ours = _marked(run_id)
+        escaped = [p for p in ours if b"sleep" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert len(ours) >= 4 and escaped, ours  # launcher, ranks, and the setsid'd sleeps
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        time.sleep(3 + 1)  # 3 s, after the run's 1 s of grace
+        assert _marked(run_id) == [], "processes of the run survived its supervisor"
+        (manifest,) = output.glob("v*/sftctl-manifest.json")
+        assert json.loads(manifest.read_text())["status"] == "lost"
+        runs = sftctl(work, env, "runs", str(output), timeout=60)
+        assert "lost" in runs.stdout
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in _marked(run_id) if run_id else []:
+            os.kill(pid, signal.SIGKILL)

@@ -93,7 +93,7 @@ def show_target(target: str, overrides: Overrides) -> None:
 
 def runs_table(output_dir: Path, as_json: bool) -> None:
     """The runs recorded under ``output_dir``."""
-    from sftctl.runtime.record import list_runs
+    from sftctl.runtime.record import effective_status, list_runs
 
     if not output_dir.is_dir():
         from sftctl.checks.registry import report
@@ -132,7 +132,7 @@ def runs_table(output_dir: Path, as_json: bool) -> None:
             # Runs of one add_version: false folder share it; the id tells them apart.
             str(r.get("run_id", "")),
             str(r.get("target", "")),
-            str(r.get("status", "")),
+            effective_status(r),
             "" if r.get("exit_code") is None else str(r["exit_code"]),
             str(r.get("started_at", "")),
             str(r.get("wall_seconds", "")),
@@ -146,7 +146,7 @@ def runs_table(output_dir: Path, as_json: bool) -> None:
 
 def show_run(folder: Path) -> None:
     """A run's manifest, for a reader."""
-    from sftctl.runtime.record import read_manifest
+    from sftctl.runtime.record import effective_status, read_manifest
 
     path, data = read_manifest(folder)
     keys = (
@@ -170,6 +170,7 @@ def show_run(folder: Path) -> None:
         "versions",
     )
     brief = {k: data[k] for k in keys if data.get(k) is not None}
+    brief["status"] = effective_status(data)
     out = [
         f"# manifest: {path}",
         dump(brief, for_people=True).rstrip("\n"),

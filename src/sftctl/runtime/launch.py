@@ -23,7 +23,7 @@ from sftctl.config.resolve import Overrides, Resolved, resolve, resolve_loaded
 from sftctl.config.yamlio import dump, load_text
 from sftctl.errors import LaunchError, RefusedError, errors_of
 from sftctl.resources import gpus
-from sftctl.runtime import ownership, supervise
+from sftctl.runtime import ownership, supervise, watchdog
 from sftctl.runtime.record import (
     LOG,
     POINTER,
@@ -314,16 +314,35 @@ def _launch(
     )
 
     mode = "quiet" if opts.quiet else ("live" if sys.stdout.isatty() else "plain")
+    if mode != "quiet":
+        # Two lines: a long log path must not wrap a terminal's first line mid-word.
+        _say(f"sftctl: started {' '.join(cmd.argv[:3])} ...\n  log: {record.log}")
+    wall = time.monotonic()
+    # Outlives sftctl: if it is killed hard, the watchdog ends the run's processes.
+    guard = watchdog.start(run_id, record.staging, opts.grace)
+    try:
+        return _supervise(cmd, env, opts, cwd, record, mode, run_id, wall)
+    finally:
+        guard.done()
+
+
+def _supervise(
+    cmd: launchers.Command,
+    env: dict[str, str],
+    opts: RunOptions,
+    cwd: Path,
+    record: RunRecord,
+    mode: str,
+    run_id: str,
+    wall: float,
+) -> int:
+    """Run the command under supervision and finish its record."""
     from sftctl.runtime.progress import Follower
 
     def started(pid: int) -> None:
         record.data.update(status="running", pid=pid, pgid=pid, leader_start=_start_of(pid))
         record.write()
 
-    if mode != "quiet":
-        # Two lines: a long log path must not wrap a terminal's first line mid-word.
-        _say(f"sftctl: started {' '.join(cmd.argv[:3])} ...\n  log: {record.log}")
-    wall = time.monotonic()
     try:
         with Follower(record.discover, mode, start_offset=record.jsonl_offset) as follower:
 

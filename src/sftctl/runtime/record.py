@@ -234,6 +234,19 @@ def read_manifest(path: Path, _seen: frozenset[str] = frozenset()) -> tuple[Path
     return cand, data
 
 
+def effective_status(data: dict[str, Any]) -> str:
+    """The recorded status, or ``lost`` for a run recorded as running whose supervisor is
+    gone (killed hard before it could record anything)."""
+    from sftctl.runtime.supervise import proc_ref
+
+    status = str(data.get("status", ""))
+    if status not in ("starting", "running"):
+        return status
+    pid, start = data.get("supervisor_pid"), data.get("supervisor_start")
+    ref = proc_ref(pid) if isinstance(pid, int) else None
+    return status if ref is not None and ref.start == start else "lost"
+
+
 def list_runs(output_dir: Path) -> list[dict[str, Any]]:
     """Every run sftctl recorded under ``output_dir``, oldest first."""
     seen: dict[str, dict[str, Any]] = {}
