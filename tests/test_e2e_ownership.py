@@ -195,3 +195,49 @@ def test_h3_sigkill_of_sftctl_ends_the_whole_run(e2e_cache: Path, tmp_path: Path
             proc.kill()
         for pid in _marked(run_id) if run_id else []:
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.swift
+@pytest.mark.skipif(importlib.util.find_spec("swift") is None, reason="needs ms-swift")
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to mount a small tmpfs")
+def test_h4_a_disk_that_fills_mid_run_never_makes_sftctl_kill_it(e2e_cache: Path, tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(small)], check=True)
+    env = pause_hook(tmp_path / "hook", env_for(e2e_cache, tmp_path / "home"), step_delay=0.05)
+    work = tmp_path / "work"
+    work.mkdir()
+    argv = [*sftctl_exe(), "run", "cpu-smoke", "--set", f"output_dir={small / 'out'}", "--quiet"]
+    argv += ["--set", "num_train_epochs=20", "--set", "save_steps=1000"]
+    proc = subprocess.Popen(
+        argv, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, preexec_fn=default_signals,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not any(p.stat().st_size for p in (small / "out").glob("v*/logging.jsonl")):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        with open(small / "filler", "wb") as fh, contextlib.suppress(OSError):  # fill it up
+            while True:
+                fh.write(b"\0" * (1 << 20))
+                fh.flush()
+        out, err = proc.communicate(timeout=300)
+        (small / "filler").unlink()
+        assert "Traceback" not in err and "internal error" not in err, err
+        assert "cannot write the log any more" in err or "cannot write the run's manifest" in err, err
+        # Whatever ms-swift did about the full disk is its own exit code, never a signal of sftctl's.
+        assert proc.returncode < 128, (proc.returncode, err)
+        manifests = list((small / "out").glob("v*/sftctl-manifest*.json"))
+        data = json.loads(manifests[0].read_text()) if manifests else {}
+        recorded = data.get("status") in ("succeeded", "failed") and data.get("exit_code") == proc.returncode
+        assert recorded or "could not record the end of the run" in err, (data, err)
+        assert data.get("signal") is None
+        assert not [p for p in small.rglob("*.tmp")], "a temporary file was left behind"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        subprocess.run(["umount", "-l", str(small)], check=False)

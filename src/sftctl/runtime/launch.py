@@ -373,7 +373,7 @@ def _supervise(
         else "failed"
     )
     stats = follower.stats
-    record.finish(
+    recorded = record.finish(
         status=status,
         exit_code=outcome.returncode,
         signal=outcome.signal,
@@ -388,6 +388,8 @@ def _supervise(
     )
     if mode != "quiet":
         _summary(record, outcome, stats, wall)
+    if not recorded:
+        _say(f"sftctl: could not record the end of the run ({record.write_error})")
     return outcome.returncode
 
 

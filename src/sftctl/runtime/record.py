@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ class RunRecord:
     _announced: Path | None = None
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _created: float = field(default_factory=time.time)
+    write_error: str | None = None
 
     @classmethod
     def create(
@@ -98,9 +100,23 @@ class RunRecord:
     def manifest_path(self) -> Path:
         return (self.run_dir / self.manifest_name) if self.run_dir else (self.staging / POINTER)
 
-    def write(self) -> None:
+    def write(self) -> bool:
+        """Write the manifest; a failing disk is said once and never stops the run."""
         with self._lock:
-            write_json_atomic(self.manifest_path, self.data)
+            try:
+                write_json_atomic(self.manifest_path, self.data)
+            except OSError as exc:
+                if self.write_error is None:
+                    with contextlib.suppress(OSError):
+                        print(
+                            f"sftctl: cannot write the run's manifest ({exc.strerror}); supervision goes on",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                self.write_error = f"{self.manifest_path}: {exc.strerror}"
+                return False
+            self.write_error = None
+            return True
 
     def discover(self) -> Path | None:
         """The run folder of this run, once ms-swift has named and created it.
@@ -169,9 +185,11 @@ class RunRecord:
             self.data["log"] = str(self.log)
             self.write()
             pointer = {"moved_to": str(run_dir), "manifest": str(self.manifest_path), "run_id": self.run_id}
-            write_json_atomic(self.staging / POINTER, pointer)
+            with contextlib.suppress(OSError):  # the run folder holds the record; the pointer helps find it
+                write_json_atomic(self.staging / POINTER, pointer)
 
-    def finish(self, **fields: Any) -> None:
+    def finish(self, **fields: Any) -> bool:
+        """Record the end; False (with ``write_error`` set) when the disk would not take it."""
         if self.discover() is None:
             self._scan()
         self.data.update(fields)
@@ -180,7 +198,7 @@ class RunRecord:
         if folder is not None:
             done = complete_checkpoints(folder)
             self.data["last_checkpoint"] = str(done[-1]) if done else None
-        self.write()
+        return self.write()
 
 
 def base_manifest(**fields: Any) -> dict[str, Any]:

@@ -273,7 +273,14 @@ class _Output:
 
     def feed(self, data: bytes, final: bool = False) -> None:
         if self.log is not None and data:
-            self.log.write(data)  # raw bytes, unbuffered file: on disk at once
+            try:
+                self.log.write(data)  # raw bytes, unbuffered file: on disk at once
+            except OSError as exc:
+                # A full or failing disk stops the log, never the run it records.
+                self.log = None
+                with contextlib.suppress(OSError):
+                    print(f"sftctl: cannot write the log any more ({exc.strerror}); supervision goes on",
+                          file=sys.stderr, flush=True)  # fmt: skip
         text = self.decoder.decode(data, final=final)
         if self.echo and text:
             sys.stdout.write(text)
