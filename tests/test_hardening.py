@@ -6,7 +6,9 @@ Each test names the item (H<N>) it covers; all run the installed console script.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -206,3 +208,23 @@ def test_h9_an_unreadable_user_preset_does_not_break_the_list(tmp_path: Path) ->
 def test_h5_grace_must_be_seconds(tmp_path: Path, grace: str) -> None:
     out = sftctl(tmp_path, "run", "cpu-smoke", "--grace", grace)
     assert out.returncode == 2 and "not a number of seconds" in out.stderr
+
+
+@pytest.mark.swift
+def test_h5_a_killed_model_build_leaves_nothing_behind(tmp_path: Path) -> None:
+    """What a build killed by SIGTERM leaves (its temporary folder) is gone after the next."""
+    models = tmp_path / "cache" / "models"
+    stale = models / ".tiny-qwen3-v1.k1ll3d"
+    stale.mkdir(parents=True)
+    (stale / "model.safetensors").write_bytes(b"partial")
+    code = "from sftctl.assets.builder import materialise; print(materialise('builtin:tiny-qwen3'))"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "SFTCTL_CACHE": str(tmp_path / "cache")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert not stale.exists()
+    assert sorted(p.name for p in models.iterdir() if p.is_dir()) == ["tiny-qwen3-v1"]

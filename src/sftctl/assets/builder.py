@@ -288,6 +288,11 @@ def _materialise_model() -> Path:
     if _model_complete(dest):  # fast path, no lock needed: the marker is written last
         return dest
     with _locked(dest.parent / f".{MODEL_DIRNAME}.lock"):
+        # A build killed by a signal (SIGTERM's default action runs no cleanup) leaves its
+        # temporary folder; only the lock holder builds, so any such folder is stale now.
+        for stale in dest.parent.glob(f".{MODEL_DIRNAME}.*"):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
         if not _model_complete(dest):  # another process may have built it meanwhile
             build_tiny_qwen3(dest)
     return dest
