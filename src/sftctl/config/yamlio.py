@@ -266,9 +266,14 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 
 
 def _looks_typed(value: str) -> bool:
+    """A plain scalar a YAML reader would not read back as this very string."""
     if not value or value.strip() != value:
         return False
-    return not isinstance(yaml.safe_load(value), str) or not isinstance(parse_scalar(value), str)
+    try:
+        as_11 = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return True  # not even a plain scalar (a lone quote, say): quote it
+    return not isinstance(as_11, str) or as_11 != value or not isinstance(parse_scalar(value), str)
 
 
 def _represent_list(dumper: yaml.SafeDumper, value: list[Any]) -> yaml.SequenceNode:
