@@ -241,3 +241,34 @@ def test_h4_a_disk_that_fills_mid_run_never_makes_sftctl_kill_it(e2e_cache: Path
             proc.kill()
             proc.wait()
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+@pytest.mark.slow
+@pytest.mark.swift
+@pytest.mark.skipif(importlib.util.find_spec("swift") is None, reason="needs ms-swift")
+def test_h5_deleting_the_staging_folder_loses_no_log(e2e_cache: Path, tmp_path: Path) -> None:
+    import shutil
+
+    env = env_for(e2e_cache, tmp_path / "home")
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = subprocess.Popen(
+        [*sftctl_exe(), "run", "cpu-smoke", "--quiet"], cwd=work, env=env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_signals,
+    )  # fmt: skip
+    staging_root = work / "output" / "cpu-smoke" / ".sftctl"
+    deadline = time.monotonic() + 60
+    while not any(p.is_dir() for p in staging_root.glob("*")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (staging,) = [p for p in staging_root.iterdir() if p.is_dir()]
+    assert not list((work / "output" / "cpu-smoke").glob("v*")), "too late: ms-swift made its folder"
+    time.sleep(0.5)  # let the log hold something first
+    shutil.rmtree(staging)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    (run_dir,) = (work / "output" / "cpu-smoke").glob("v*")
+    log = (run_dir / "sftctl.log").read_text(errors="replace")
+    # The start of the log (written before ms-swift made its folder) and its end are both there.
+    assert "Global seed set to" in log and "last_model_checkpoint" in (run_dir / "logging.jsonl").read_text()
+    assert "output_dir:" in log and "Train:" in log
+    assert "the staging folder was deleted" in err

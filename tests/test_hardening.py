@@ -228,3 +228,26 @@ def test_h5_a_killed_model_build_leaves_nothing_behind(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert not stale.exists()
     assert sorted(p.name for p in models.iterdir() if p.is_dir()) == ["tiny-qwen3-v1"]
+
+
+def test_a_bug_is_exit_70_with_one_line_and_a_log(tmp_path: Path) -> None:
+    """A fault planted in sftctl's own code (not bad input) is an internal error, never exit 1."""
+    code = (
+        "import sys; import sftctl.config.presets as p\n"
+        "def broken(): raise RuntimeError('planted fault')\n"
+        "p.list_presets = broken\n"
+        "sys.argv = ['sftctl', 'presets']\n"
+        "from sftctl.cli import main; main()\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    assert out.returncode == 70
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("sftctl: internal error: RuntimeError: planted fault; details in ")
+    log = Path(line.rsplit(" ", 1)[-1])
+    assert "Traceback" in log.read_text() and log.parent == tmp_path

@@ -78,7 +78,7 @@ def _internal_error(exc: Exception) -> int:
         where = f"; details in {log}"
     except OSError:
         where = ""
-    print(f"sftctl: internal error ({type(exc).__name__}: {exc}){where}", file=sys.stderr)
+    print(f"sftctl: internal error: {type(exc).__name__}: {exc}{where}".replace("\n", " "), file=sys.stderr)
     return EXIT_INTERNAL
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import sys
 import threading
@@ -181,12 +182,36 @@ class RunRecord:
                 # `tail -F` on the staging path (what --detach prints) follows it here.
                 with contextlib.suppress(OSError):
                     old_log.symlink_to(self.log)
+            else:
+                self._recover_log(old_log)
             self.data["run_dir"] = str(run_dir)
             self.data["log"] = str(self.log)
             self.write()
             pointer = {"moved_to": str(run_dir), "manifest": str(self.manifest_path), "run_id": self.run_id}
             with contextlib.suppress(OSError):  # the run folder holds the record; the pointer helps find it
                 write_json_atomic(self.staging / POINTER, pointer)
+
+    def _recover_log(self, old_log: Path) -> None:
+        """The staging folder was deleted under a running run: its log lives on only as
+        this process's open descriptor. Copy what it holds into the run folder and point
+        that descriptor at the new file, so nothing written before or after is lost."""
+        gone = f"{old_log} (deleted)"
+        for name in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError, ValueError):
+                if os.readlink(f"/proc/self/fd/{name}") != gone:
+                    continue
+                fd = int(name)
+                with open(f"/proc/self/fd/{fd}", "rb") as src, open(self.log, "ab") as dst:
+                    shutil.copyfileobj(src, dst)
+                new = os.open(self.log, os.O_WRONLY | os.O_APPEND)
+                os.dup2(new, fd)
+                os.close(new)
+                with contextlib.suppress(OSError):
+                    print(
+                        f"sftctl: the staging folder was deleted; the log goes on in {self.log}",
+                        file=sys.stderr,
+                    )
+                return
 
     def finish(self, **fields: Any) -> bool:
         """Record the end; False (with ``write_error`` set) when the disk would not take it."""
