@@ -37,6 +37,8 @@ pytestmark = [
 ]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# sftctl's watchdog is its child too, beside the training command.
+WATCHDOG = b"sftctl.runtime.watchdog"
 # Plain progress line sftctl prints when stdout is not a terminal.
 PROGRESS = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)  step (\d+)/(\d+)\b")
 # How long a run may take to reach its first logged step (imports dominate: ~20 s on
@@ -145,7 +147,12 @@ class TreeSampler(threading.Thread):
     def leader(self) -> tuple[int, int] | None:
         """sftctl's direct child: the training command it started."""
         with self._lock:
-            kids = [k for k in self.seen if self.parent.get(k) == self.root]
+            kids = [
+                k
+                for k in self.seen
+                if self.parent.get(k) == self.root
+                and not any(WATCHDOG in ln for ln in self.cmdlines.get(k, ()))
+            ]
         return min(kids, key=lambda k: k[1]) if kids else None
 
     def matching(self, text: str) -> list[tuple[int, int]]:
@@ -316,6 +323,11 @@ def assert_tree_gone(sampler: TreeSampler, recorded: list[int], since: int, unti
     assert not left, f"recorded descendants still alive: {left}"
 
 
+def recorded_of(data: dict[str, Any]) -> list[int]:
+    """Every process the manifest names: the training tree and sftctl's watchdog."""
+    return [*data["descendants"], *([data["watchdog"][0]] if data.get("watchdog") else [])]
+
+
 def assert_recorded_complete(sampler: TreeSampler, recorded: list[int]) -> None:
     """Every process we saw in the tree for more than a blink is in sftctl's record."""
     missing = [
@@ -429,7 +441,7 @@ def test_signal_ends_whole_ddp_tree(
     assert data["signal"] == sig
     assert data["exit_code"] == 128 + sig
     assert data["killed"] is False, f"SIGKILL was needed ({took:.1f} s)"
-    recorded = data["descendants"]
+    recorded = recorded_of(data)
     leader = run.sampler.leader()
     assert leader is not None and recorded[0] == data["pid"] == leader[0]
     assert_recorded_complete(run.sampler, recorded)
@@ -483,8 +495,8 @@ def test_grace_runs_out_and_sigkill_finishes(
     assert data["signal"] == signal.SIGTERM
     assert data["exit_code"] == 128 + signal.SIGTERM
     assert "SIGKILL after the grace period" in run.stderr()
-    assert_recorded_complete(run.sampler, data["descendants"])
-    assert_tree_gone(run.sampler, data["descendants"], run.start_ticks, run.end_ticks or _now_ticks())
+    assert_recorded_complete(run.sampler, recorded_of(data))
+    assert_tree_gone(run.sampler, recorded_of(data), run.start_ticks, run.end_ticks or _now_ticks())
 
 
 # --------------------------------------------------------------------------- 2. detach / stop
@@ -555,8 +567,8 @@ def test_detach_then_stop(env: dict[str, str], workdir: Path) -> None:
         assert data["signal"] == signal.SIGTERM and data["exit_code"] == 128 + signal.SIGTERM
         assert data["killed"] is False
         assert not _alive(sup, st[2]), "the sftctl supervisor is still running"
-        assert_recorded_complete(sampler, data["descendants"])
-        assert_tree_gone(sampler, data["descendants"], since, end)
+        assert_recorded_complete(sampler, recorded_of(data))
+        assert_tree_gone(sampler, recorded_of(data), since, end)
         # The detached child runs --quiet: its own output holds no progress lines.
         sup_log = (staging / "supervisor.log").read_text(errors="replace")
         assert not [ln for ln in sup_log.splitlines() if PROGRESS.match(ln)], sup_log

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_regressions import sftctl, write
@@ -251,3 +252,31 @@ def test_a_bug_is_exit_70_with_one_line_and_a_log(tmp_path: Path) -> None:
     assert line.startswith("sftctl: internal error: RuntimeError: planted fault; details in ")
     log = Path(line.rsplit(" ", 1)[-1])
     assert "Traceback" in log.read_text() and log.parent == tmp_path
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Any:
+    """A real read-only file system (a tmpfs mounted ro); root ignores permission bits."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to mount a read-only tmpfs")
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], check=True)
+    (folder / "home").mkdir()
+    run_dir = folder / "out" / "v0-20261130-000000"
+    run_dir.mkdir(parents=True)
+    manifest = {"status": "running", "run_id": "gone", "supervisor_pid": 999999999, "supervisor_start": 1}
+    (run_dir / "sftctl-manifest.json").write_text(json.dumps(manifest))
+    subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_h9_read_only_places_are_one_line(tmp_path: Path, read_only_dir: Path) -> None:
+    out = sftctl(tmp_path, "run", "cpu-smoke", "--set", f"output_dir={read_only_dir / 'new'}")
+    assert out.returncode == 1 and "is not writable" in out.stderr and "nothing was started" in out.stderr
+    home = {"HOME": str(read_only_dir / "home"), "XDG_CACHE_HOME": ""}
+    out = sftctl(tmp_path, "run", "cpu-smoke", **home)
+    assert out.returncode == 1 and "SFTCTL_CACHE" in out.stderr and "internal error" not in out.stderr
+    out = sftctl(tmp_path, "stop", str(read_only_dir / "out" / "v0-20261130-000000"))
+    assert out.returncode == 0 and "could not update" in out.stderr and "internal error" not in out.stderr

@@ -320,6 +320,7 @@ def _launch(
     wall = time.monotonic()
     # Outlives sftctl: if it is killed hard, the watchdog ends the run's processes.
     guard = watchdog.start(run_id, record.staging, opts.grace)
+    record.data["watchdog"] = [guard.proc.pid, _start_of(guard.proc.pid)]
     try:
         return _supervise(cmd, env, opts, cwd, record, mode, run_id, wall)
     finally:
