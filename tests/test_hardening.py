@@ -150,6 +150,16 @@ def test_h9_a_broken_manifest_is_one_line(tmp_path: Path, name: str, content: by
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
+def test_h9_runs_lists_around_broken_manifests(tmp_path: Path) -> None:
+    out_dir = tmp_path / "out"
+    (out_dir / "v0-20261130-000000").mkdir(parents=True)
+    (out_dir / "v0-20261130-000000" / "sftctl-manifest.json").write_text("[1")
+    (out_dir / "sftctl-manifest.json").write_text("null")
+    (out_dir / "sftctl-manifest-x.json").write_text('{"run_id": "good-one", "status": "failed"}')
+    out = sftctl(tmp_path, "runs", str(out_dir))
+    assert out.returncode == 0 and "good-one" in out.stdout, out.stderr
+
+
 def test_h9_a_pointer_loop_and_a_foreign_file_are_one_line(tmp_path: Path) -> None:
     loop = tmp_path / ".sftctl" / "x"
     loop.mkdir(parents=True)

@@ -300,8 +300,8 @@ def list_runs(output_dir: Path) -> list[dict[str, Any]]:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if "moved_to" in data:
-            continue
+        if not isinstance(data, dict) or "moved_to" in data:
+            continue  # a pointer, or not a record: `show` on it says what is wrong
         data["_manifest"] = str(path)
         seen[data.get("run_id", str(path))] = data
     return sorted(seen.values(), key=lambda d: str(d.get("started_at", "")))
