@@ -177,3 +177,47 @@ def test_swift_yaml_parses_back_to_the_same_arguments(sets: list[str]) -> None:
         if name in ("model", "dataset"):
             continue  # builtin: refs become cache paths in argv, stay refs in the YAML
         assert all(_same(a, b) for a, b in zip(_tokens(value), after, strict=True)), (name, value, after)
+
+
+JSON_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=12)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=10,
+)
+# Field names sftctl reads from a manifest, with random values (no real pid can match a
+# recorded start time, so nothing is ever signalled).
+MANIFESTS = st.one_of(
+    st.binary(max_size=64),
+    JSON_VALUES.map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            k: JSON_VALUES
+            for k in (
+                "status",
+                "run_id",
+                "run_dir",
+                "config_yaml",
+                "moved_to",
+                "manifest",
+                "started_at",
+                "argv",
+                "env",
+            )
+        },
+    ).map(lambda v: json.dumps(v).encode()),
+)
+
+
+@FUZZ
+@given(content=MANIFESTS, command=st.sampled_from(["show", "runs", "resume", "stop"]))
+def test_random_manifests_never_crash(
+    tmp_path_factory: pytest.TempPathFactory, content: bytes, command: str
+) -> None:
+    out_dir = tmp_path_factory.mktemp("fuzz-run")
+    run_dir = out_dir / "v0-20261130-000000"
+    run_dir.mkdir()
+    (run_dir / "sftctl-manifest.json").write_bytes(content)
+    invoke(command, str(out_dir if command == "runs" else run_dir))

@@ -177,8 +177,8 @@ def show_run(folder: Path) -> None:
         "env:",
         *[f"  {k}={v}" for k, v in (data.get("env") or {}).items()],
         "argv:",
-        "  " + " ".join(shlex.quote(a) for a in data.get("argv", [])),
+        "  " + " ".join(shlex.quote(a) for a in data.get("argv") or []),
         "config:",
-        *["  " + line for line in str(data.get("config_yaml", "")).splitlines()],
+        *["  " + line for line in str(data.get("config_yaml") or "").splitlines()],
     ]
     sys.stdout.write("\n".join(out) + "\n")

@@ -618,9 +618,18 @@ def resume(run_dir: Path, opts: RunOptions) -> int:
                 ),
             ]
         )
+    if not data.get("config_yaml"):
+        raise RefusedError(
+            problems=[
+                report(
+                    "R002", str(run_dir), "the record holds no config to resume", "start it with sftctl run"
+                )
+            ]
+        )
     # The YAML keeps numbers as they were written (1e-4), unlike the JSON copy.
-    config = load_text(data["config_yaml"], str(run_dir))
-    config["args"] = {**config.get("args", {}), "resume_from_checkpoint": str(done[-1])}
+    config = load_text(str(data["config_yaml"]), str(run_dir))
+    args = config.get("args")
+    config["args"] = {**(args if isinstance(args, dict) else {}), "resume_from_checkpoint": str(done[-1])}
     loaded = Loaded(
         target=str(run_dir),
         preset=data.get("preset"),

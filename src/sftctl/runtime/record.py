@@ -237,6 +237,41 @@ def base_manifest(**fields: Any) -> dict[str, Any]:
     }
 
 
+# The fields sftctl reads back, with the types it writes; a record with any other type is
+# not one of sftctl's (hand-edited, truncated by a tool, or crafted) and is refused.
+_FIELDS: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(
+        ("status", "run_id", "run_dir", "staging_dir", "config_yaml", "moved_to", "manifest", "started_at",
+         "ended_at", "cwd", "target", "log", "last_checkpoint", "host", "layout", "gpus", "preset",
+         "preset_hash"),
+        (str, type(None)),
+    ),
+    **dict.fromkeys(("pid", "leader_start", "supervisor_pid", "supervisor_start", "exit_code", "signal"),
+                    (int, type(None))),
+    **dict.fromkeys(("argv", "unset", "descendants", "files", "watchdog"), (list, type(None))),
+    **dict.fromkeys(("env", "config", "versions"), (dict, type(None))),
+    "grace": (int, float, type(None)),
+    "swift_version": (int, str, type(None)),
+}  # fmt: skip
+
+
+def shape_problem(data: Any) -> str | None:
+    """Why ``data`` is not a record sftctl wrote, or None."""
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}"
+    for key, types in _FIELDS.items():
+        if key in data and (
+            not isinstance(data[key], types) or isinstance(data[key], bool) and bool not in types
+        ):
+            return f"its {key} is a {type(data[key]).__name__}"
+    for key in ("argv", "unset", "files"):
+        if any(not isinstance(item, str) for item in data.get(key) or []):
+            return f"its {key} holds something other than text"
+    if any(not isinstance(v, str) for v in (data.get("env") or {}).values()):
+        return "its env holds something other than text"
+    return None
+
+
 def _no_manifest(path: Path, why: str) -> ConfigError:
     from sftctl.checks.registry import report
 
@@ -267,8 +302,9 @@ def read_manifest(path: Path, _seen: frozenset[str] = frozenset()) -> tuple[Path
         raise _no_manifest(
             path, f"not a readable sftctl manifest ({exc.__class__.__name__}: {exc})"
         ) from None
-    if not isinstance(data, dict):
-        raise _no_manifest(cand, f"not an sftctl manifest (a JSON {type(data).__name__})")
+    wrong = shape_problem(data)
+    if wrong is not None:
+        raise _no_manifest(cand, f"not an sftctl manifest ({wrong})")
     if "moved_to" in data:
         target = data.get("manifest") or data.get("moved_to")
         if not isinstance(target, str):
@@ -300,7 +336,7 @@ def list_runs(output_dir: Path) -> list[dict[str, Any]]:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if not isinstance(data, dict) or "moved_to" in data:
+        if shape_problem(data) is not None or "moved_to" in data:
             continue  # a pointer, or not a record: `show` on it says what is wrong
         data["_manifest"] = str(path)
         seen[data.get("run_id", str(path))] = data
