@@ -106,7 +106,10 @@ def test_d11_a_float_hint_uses_the_arguments_own_default(tmp_path: Path) -> None
 
 
 def test_d11_too_few_gpus_for_zero2_says_the_one_setting_that_works(tmp_path: Path) -> None:
-    out = sftctl(tmp_path, "validate", "zero2-qwen3-8b", "--gpus", "4,5,6,7")
+    # An explicit process count wins over the follow rule, and is checked.
+    out = sftctl(
+        tmp_path, "validate", "zero2-qwen3-8b", "--gpus", "4,5,6,7", "--set", "launch.nproc_per_node=8"
+    )
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, lines

@@ -25,7 +25,8 @@ DEEPSPEED_BUILTINS = ("zero0", "zero1", "zero2", "zero2_offload", "zero3", "zero
 
 _FIELD_HINTS = {
     "launch.gpus": "list GPU ids, e.g. gpus: 0,1,2,3 (or a range 0-3)",
-    "launch.nproc_per_node": "a whole number of processes per node, e.g. nproc_per_node: 2",
+    "launch.nproc_per_node": "a whole number of processes per node, e.g. nproc_per_node: 2, "
+    "or auto (one per GPU) with launch.gpus listed",
     "launch.nnodes": "a whole number of nodes, e.g. nnodes: 1",
     "launch.master_port": "a port number between 1 and 65535, e.g. master_port: 29500",
     "launch.launcher": "launcher: swift or launcher: torchrun",

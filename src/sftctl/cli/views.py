@@ -79,6 +79,7 @@ def summary_lines(resolved: Resolved) -> list[str]:
             "when it is not given; set per_device_train_batch_size and "
             "gradient_accumulation_steps to fix it)"
         )
+    lines += resolved.notes
     chain = " -> ".join(layer.label for layer in resolved.loaded.layers)
     lines.append(f"files: {chain} (hash {resolved.loaded.digest})")
     return lines

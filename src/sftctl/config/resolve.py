@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -20,7 +20,7 @@ from sftctl.checks import config as rules
 from sftctl.checks import layout as layout_rules
 from sftctl.checks.registry import report
 from sftctl.config.presets import Loaded, load, other_spellings, set_path
-from sftctl.config.schema import RunConfig
+from sftctl.config.schema import RunConfig, parse_gpus
 from sftctl.errors import EXIT_USAGE, ConfigError, Problem, UsageError, errors_of
 from sftctl.resources.layout import Layout, effective_batch, plan
 from sftctl.swift import catalog, dialect
@@ -51,6 +51,7 @@ class Resolved:
     args: dict[str, Any]  # target spelling, values coerced by the catalog
     layout: Layout
     version_source: str
+    notes: list[str] = field(default_factory=list)  # what sftctl decided for the user, for show
 
     @property
     def effective_batch(self) -> int | None:
@@ -199,7 +200,9 @@ def resolve_loaded(
     major, source = _major(ov.swift_version, loaded.data.get("swift_version"), env)
     cat = catalog.load(major)
     problems: list[Problem] = []
+    before = _launch_counts(loaded.data)
     _apply_overrides(loaded, ov, cat, problems)
+    notes = _follow_gpus(loaded, before, ov)
     raw_args = loaded.data.get("args") or {}
     config: RunConfig | None = None
     try:
@@ -232,4 +235,56 @@ def resolve_loaded(
     if errors_of(problems):
         raise ConfigError(problems=problems)
     config = config.model_copy(update={"args": args})
-    return Resolved(loaded, config, major, args, layout, source)
+    return Resolved(loaded, config, major, args, layout, source, notes)
+
+
+def _launch_counts(data: dict[str, Any]) -> tuple[int, int] | None:
+    """(GPUs listed, processes) of a config that lists GPUs and a process count, else None."""
+    launch = data.get("launch")
+    if not isinstance(launch, dict):
+        return None
+    try:
+        gpus = parse_gpus(launch["gpus"]) if isinstance(launch.get("gpus"), str) else launch.get("gpus")
+    except ValueError:
+        return None
+    nproc = launch.get("nproc_per_node", 1)
+    if not isinstance(gpus, list) or not gpus or not isinstance(nproc, int) or isinstance(nproc, bool):
+        return None
+    return len(gpus), nproc
+
+
+def _follow_gpus(loaded: Loaded, before: tuple[int, int] | None, ov: Overrides) -> list[str]:
+    """The process count follows the GPUs: ``nproc_per_node: auto`` is one process per listed
+    GPU, and when --gpus changes the count of a config whose processes follow its GPUs (one
+    per GPU, or a fixed number of GPUs each), the process count keeps that ratio. An explicit
+    --set launch.nproc_per_node always wins."""
+    launch = loaded.data.get("launch")
+    if not isinstance(launch, dict):
+        return []
+    explicit = any(item.split("=", 1)[0].strip() == "launch.nproc_per_node" for item in ov.sets)
+    now = _launch_counts({"launch": {**launch, "nproc_per_node": 1}})
+    listed = now[0] if now else None
+    if launch.get("nproc_per_node") == "auto":
+        if listed is None:
+            gpus = launch.get("gpus")
+            if gpus in ("", []):  # a CPU run: one process unless said otherwise
+                launch["nproc_per_node"] = 1
+                return ["nproc_per_node auto: 1 process (no GPU listed: a CPU run)"]
+            return []  # left as 'auto': the schema says what to write
+        launch["nproc_per_node"] = listed
+        return [f"nproc_per_node auto: {listed} process(es), one per listed GPU"]
+    if explicit or ov.gpus is None or before is None or listed is None:
+        return []
+    gpus_before, nproc_before = before
+    if nproc_before != launch.get("nproc_per_node") or gpus_before % nproc_before:
+        return []
+    per = gpus_before // nproc_before
+    if listed % per or listed // per == nproc_before:
+        return []
+    launch["nproc_per_node"] = listed // per
+    loaded.origin["launch.nproc_per_node"] = "--gpus"
+    each = "one per GPU" if per == 1 else f"{per} GPUs each"
+    return [
+        f"nproc_per_node followed --gpus: {nproc_before} -> {listed // per} "
+        f"({each}, as the config has on its {gpus_before} GPUs)"
+    ]

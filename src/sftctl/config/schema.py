@@ -51,7 +51,12 @@ class Launch(BaseModel):
         description="GPU ids for CUDA_VISIBLE_DEVICES; omitted: inherit the environment's",
     )
     # strict: `master_port: true` must not become port 1.
-    nproc_per_node: int = Field(1, ge=1, strict=True, description="training processes per node")
+    nproc_per_node: int = Field(
+        1,
+        ge=1,
+        strict=True,
+        description="training processes per node; 'auto' (resolved before this model): one per listed GPU",
+    )
     master_port: int | None = Field(
         None, ge=1, le=65535, strict=True, description="rendezvous port; omitted: a free one at launch"
     )
