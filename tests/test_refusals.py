@@ -136,3 +136,52 @@ def test_a_valid_run_does_reach_the_launcher(sandbox: tuple[Path, dict[str, str]
     out = _run(work, env, "cpu-smoke", "--quiet")
     assert out.returncode == 0, out.stderr
     assert marker.exists()
+
+
+# --- GPUs that are not there (what a new user tried on a CPU machine) ---------------------
+
+
+def stand_in_nvidia_smi(folder: Path, ids: list[int]) -> str:
+    """A stand-in nvidia-smi (process boundary: no GPU here) listing ``ids``; a PATH with it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    exe = folder / "nvidia-smi"
+    exe.write_text("#!/bin/sh\n" + "".join(f"echo {i}\n" for i in ids))
+    exe.chmod(0o755)
+    return str(folder)
+
+
+def test_a_gpu_preset_on_a_machine_without_gpus(sandbox: tuple[Path, dict[str, str], Path]) -> None:
+    work, env, marker = sandbox
+    env["PATH"] = os.pathsep.join(
+        p for p in env["PATH"].split(os.pathsep) if not Path(p, "nvidia-smi").exists()
+    )
+    out = _run(work, env, "zero2-qwen3-8b", "--set", "attn_impl=sdpa", "--set", "dataset=org/data")
+    _refused(out, marker, "no NVIDIA GPU", "use_cpu: true")
+
+
+def test_gpus_and_processes_on_a_machine_without_gpus(sandbox: tuple[Path, dict[str, str], Path]) -> None:
+    work, env, marker = sandbox
+    env["PATH"] = os.pathsep.join(
+        p for p in env["PATH"].split(os.pathsep) if not Path(p, "nvidia-smi").exists()
+    )
+    out = _run(work, env, "cpu-smoke", "--gpus", "0,1", "--set", "launch.nproc_per_node=2")
+    _refused(out, marker, "no NVIDIA GPU", "DDP over 2 processes")
+
+
+def test_gpu_ids_that_do_not_exist(sandbox: tuple[Path, dict[str, str], Path], tmp_path: Path) -> None:
+    work, env, marker = sandbox
+    env["PATH"] = stand_in_nvidia_smi(tmp_path / "stand-in-nvidia-smi", [0, 1]) + os.pathsep + env["PATH"]
+    out = _run(work, env, "cpu-smoke", "--gpus", "0,5", "--set", "launch.nproc_per_node=2")
+    _refused(out, marker, "GPU id(s) [5] do not exist here", "--gpus 0,1")
+
+
+def test_inside_a_slurm_job_its_gpus_are_the_hosts(
+    sandbox: tuple[Path, dict[str, str], Path], tmp_path: Path
+) -> None:
+    work, env, marker = sandbox
+    env["PATH"] = (
+        stand_in_nvidia_smi(tmp_path / "stand-in-nvidia-smi", [0, 1, 2, 3]) + os.pathsep + env["PATH"]
+    )
+    env.update(SLURM_JOB_ID="42", CUDA_VISIBLE_DEVICES="2,3")
+    out = _run(work, env, "cpu-smoke", "--gpus", "0,1", "--set", "launch.nproc_per_node=2")
+    _refused(out, marker, "GPU id(s) [0, 1] do not exist here", "--gpus 2,3")

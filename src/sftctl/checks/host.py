@@ -112,6 +112,7 @@ def check(
                     "H003", f"args.{key}", f"needs the Python package '{module}', which is not installed", fix
                 )
             )
+    problems += check_gpus(resolved, env)
     exe = "torchrun" if resolved.config.launch.launcher == "torchrun" else "swift"
     if find_executable(exe, env) is None:
         problems.append(
@@ -123,6 +124,40 @@ def check(
             )
         )
     return problems
+
+
+def check_gpus(resolved: Resolved, env: Mapping[str, str]) -> list[Problem]:
+    """A GPU config needs GPUs here, and the ones it names must exist (inside a Slurm job,
+    the job's). A CPU config says so: use_cpu, or launch.gpus: ''."""
+    from sftctl.resources.gpus import host_gpus
+
+    gpus = resolved.config.launch.gpus
+    if resolved.layout.use_cpu or gpus == []:
+        return []
+    host = host_gpus(env)
+    if host == []:
+        return [
+            report(
+                "H015",
+                "launch.gpus",
+                f"this machine has no NVIDIA GPU (nvidia-smi finds none), but the config trains on GPUs "
+                f"({resolved.layout.description})",
+                "run it on a GPU node; to train on the CPU set use_cpu: true and launch.gpus: '' "
+                "(as the cpu-smoke presets do)",
+            )
+        ]
+    missing = [g for g in gpus or [] if host is not None and g not in host]
+    if missing:
+        have = ",".join(str(g) for g in host or [])
+        return [
+            report(
+                "H016",
+                "launch.gpus",
+                f"GPU id(s) {missing} do not exist here (this machine has GPUs {have})",
+                f"pass --gpus with ids from nvidia-smi, e.g. --gpus {have}",
+            )
+        ]
+    return []
 
 
 def _existing_parent(path: Path) -> Path:

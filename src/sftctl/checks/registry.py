@@ -108,6 +108,8 @@ RULES: dict[str, Rule] = {
             ("H012", "output_dir cannot be created or written"),
             ("H013", "sftctl's cache cannot be written"),
             ("H014", "output_dir is in use by another run"),
+            ("H015", "a GPU config on a machine with no NVIDIA GPU"),
+            ("H016", "GPU ids that do not exist on this machine"),
             ("R001", "a rendered file that differs from the rendering"),
             ("R002", "no sftctl run record where one was expected"),
             ("R003", "a process a run record names that is not that run's"),

@@ -35,3 +35,14 @@ def visible_gpus(env: Mapping[str, str]) -> list[int] | None:
     if out.returncode != 0:
         return []
     return [int(line) for line in out.stdout.split() if line.strip().isdigit()]
+
+
+def host_gpus(env: Mapping[str, str]) -> list[int] | None:
+    """The GPU indices that exist for this run: inside a Slurm job the job's GPUs, else the
+    ones nvidia-smi lists ([] when there is none); None when that cannot be known."""
+    if env.get("SLURM_JOB_ID") and "CUDA_VISIBLE_DEVICES" in env:
+        try:
+            return parse_gpus(env["CUDA_VISIBLE_DEVICES"])
+        except ValueError:
+            return None
+    return visible_gpus({k: v for k, v in env.items() if k != "CUDA_VISIBLE_DEVICES"})
