@@ -272,3 +272,34 @@ def test_h5_deleting_the_staging_folder_loses_no_log(e2e_cache: Path, tmp_path: 
     assert "Global seed set to" in log and "last_model_checkpoint" in (run_dir / "logging.jsonl").read_text()
     assert "output_dir:" in log and "Train:" in log
     assert "the staging folder was deleted" in err
+
+
+@pytest.mark.slow
+@pytest.mark.swift
+@pytest.mark.skipif(importlib.util.find_spec("swift") is None, reason="needs ms-swift")
+def test_h1_two_detached_in_place_runs_at_once(e2e_cache: Path, tmp_path: Path) -> None:
+    """Two `run --detach` into one add_version: false folder at the same moment: one starts,
+    the other is refused in the terminal (exit 1, naming the first), never in the background."""
+    env = env_for(e2e_cache, tmp_path / "home")
+    work = tmp_path / "work"
+    work.mkdir()
+    argv = [*sftctl_exe(), "run", "cpu-smoke", *IN_PLACE, "--set", "num_train_epochs=20", "--detach"]
+    procs = [
+        subprocess.Popen(argv, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    results = [(p.wait(120), p.communicate()[1]) for p in procs]
+    try:
+        codes = sorted(rc for rc, _ in results)
+        assert codes == [0, 1], results
+        refused = next(err for rc, err in results if rc == 1)
+        assert "is in use" in refused and "nothing was started" in refused
+        started = next(err for rc, err in results if rc == 0)
+        run_id = started.split("sftctl stop ")[1].strip().rsplit("/", 1)[-1]
+        assert run_id in refused or "runs are in progress" in refused
+    finally:
+        for rc, err in results:
+            if rc == 0:
+                staging = err.split("sftctl stop ")[1].strip()
+                sftctl(work, env, "stop", staging, timeout=120)

@@ -290,3 +290,47 @@ def test_h9_read_only_places_are_one_line(tmp_path: Path, read_only_dir: Path) -
     assert out.returncode == 1 and "SFTCTL_CACHE" in out.stderr and "internal error" not in out.stderr
     out = sftctl(tmp_path, "stop", str(read_only_dir / "out" / "v0-20261130-000000"))
     assert out.returncode == 0 and "could not update" in out.stderr and "internal error" not in out.stderr
+
+
+# Found by a second session trying to break the hardening.
+
+
+def test_h9_a_nul_in_an_env_value_is_refused_by_validate(tmp_path: Path) -> None:
+    cfg = write(tmp_path, "nul.yaml", 'extends: cpu-smoke\nenv:\n  FOO: "a\\0b"\n')
+    out = sftctl(tmp_path, "validate", str(cfg))
+    assert out.returncode == 1 and "env.FOO" in out.stderr and "NUL" in out.stderr
+
+
+def test_h9_a_deeply_nested_manifest_is_one_line(tmp_path: Path) -> None:
+    run_dir = tmp_path / "out" / "v0-20261130-000000"
+    run_dir.mkdir(parents=True)
+    (run_dir / "sftctl-manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    for command in ("show", "stop", "resume"):
+        out = sftctl(tmp_path, command, str(run_dir))
+        assert out.returncode == 1 and "nested too deeply" in out.stderr, (command, out.stderr)
+    out = sftctl(tmp_path, "runs", str(tmp_path / "out"))
+    assert out.returncode == 0 and "skipped" in out.stderr and "not readable" in out.stderr
+
+
+def test_h9_record_text_never_drives_the_terminal(tmp_path: Path) -> None:
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    doc = {"run_id": "r1", "status": "\x1b[31mowned\n\x00", "target": "\x1b]0;title\x07"}
+    (out_dir / "sftctl-manifest.json").write_text(json.dumps(doc))
+    out = sftctl(tmp_path, "runs", str(out_dir))
+    assert out.returncode == 0 and "\x1b" not in out.stdout + out.stderr and "\\x1b" in out.stdout
+
+
+def test_h3_a_record_naming_a_live_stranger_is_lost_not_running(tmp_path: Path) -> None:
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        start = int(Path(f"/proc/{stranger.pid}/stat").read_bytes().split(b") ")[-1].split()[19])
+        out_dir = tmp_path / "out"
+        out_dir.mkdir()
+        doc = {"run_id": "r1", "status": "running", "supervisor_pid": stranger.pid, "supervisor_start": start}
+        (out_dir / "sftctl-manifest.json").write_text(json.dumps(doc))
+        out = sftctl(tmp_path, "runs", str(out_dir))
+        assert " lost " in out.stdout and "running" not in out.stdout, out.stdout
+    finally:
+        stranger.kill()
+        stranger.wait()

@@ -75,7 +75,9 @@ def test_stop_leaves_a_process_that_reuses_a_recorded_pid_alone(tmp_path: Path, 
         assert out.exit_code == 0
         assert "neither the supervisor nor any process of this run is running" in out.output
         assert bystander.poll() is None, "an unrelated process was killed"
-        assert json.loads((staging / "manifest.json").read_text())["status"] == "stopped without supervisor"
+        assert (
+            json.loads((staging / "manifest.json").read_text())["status"] == "lost"
+        )  # nothing of the run was running
     finally:
         bystander.kill()
         bystander.wait()

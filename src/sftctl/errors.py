@@ -26,10 +26,13 @@ class Problem:
     fix: str | None = None
 
     def render(self) -> str:
+        """``location: message (fix: ...)`` on one line: user text shows escaped."""
+        from sftctl.util.text import one_line
+
         text = f"{self.location}: {self.message}" if self.location else self.message
         if self.fix:
             text += f" (fix: {self.fix})"
-        return text
+        return one_line(text)
 
     def as_dict(self) -> dict[str, str | None]:
         return {

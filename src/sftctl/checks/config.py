@@ -274,7 +274,9 @@ LAUNCH_ENV = {
 def check_env(env: dict[str, str], problems: list[Problem]) -> None:
     """Secrets belong in the shell's environment, never in a config that is copied around;
     the launch layout belongs to launch:, where it is checked."""
-    for name in env:
+    for name, value in env.items():
+        if "\x00" in value:
+            problems.append(report("A017", f"env.{name}", "the value holds a NUL character", "remove it"))
         if name in LAUNCH_ENV:
             problems.append(
                 report(
@@ -346,7 +348,7 @@ def check_values(args: dict[str, Any], problems: list[Problem], written: dict[st
             low, high, mirrors = RANGES[name]
             if not (math.isfinite(value) and low <= value <= high):
                 span = f"at least {low:g}" if high == math.inf else f"between {low:g} and {high:g}"
-                span = span if math.isfinite(value) else f"a finite number, {span}"
+                span = span if math.isfinite(value) else f"finite and {span}"
                 problems.append(
                     report(
                         "A016",

@@ -34,13 +34,16 @@ def run(
     grace: GraceOpt = 30.0,
     quiet: QuietOpt = False,
     run_id: Annotated[str | None, typer.Option("--run-id", hidden=True)] = None,
+    lock_fd: Annotated[int | None, typer.Option("--lock-fd", hidden=True)] = None,
 ) -> None:
     """Check the config and this machine, then launch and supervise the training command."""
     with boundary():
         name = spec.one()
         from sftctl.runtime import launch
 
-        opts = launch.RunOptions(detach=detach, resume=resume, grace=grace, quiet=quiet, run_id=run_id)
+        opts = launch.RunOptions(
+            detach=detach, resume=resume, grace=grace, quiet=quiet, run_id=run_id, lock_fd=lock_fd
+        )
         if dry_run:
             sys.stdout.write(launch.dry_run_text(name, spec.overrides(), opts))
             return

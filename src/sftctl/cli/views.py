@@ -110,7 +110,10 @@ def runs_table(output_dir: Path, as_json: bool) -> None:
                 )
             ]
         )
-    rows = list_runs(output_dir)
+    broken: list[str] = []
+    rows = list_runs(output_dir, broken)
+    for line in broken:
+        print(f"sftctl: skipped {one_line(line)}", file=sys.stderr)
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2, ensure_ascii=False, default=str) + "\n")
         return
@@ -120,7 +123,7 @@ def runs_table(output_dir: Path, as_json: bool) -> None:
     table = Table(box=None, header_style="bold")
     for col in ("run", "id", "target", "status", "exit", "started", "wall s", "loss", "last checkpoint"):
         # Folder names and ids are copied into other commands: never broken across lines.
-        table.add_column(col, overflow="fold", no_wrap=col in ("run", "id", "last checkpoint"))
+        table.add_column(col, overflow="fold", no_wrap=col in ("run", "id", "started", "last checkpoint"))
     for r in rows:
         loss = (
             f"{r['first_loss']:.3f} -> {r['last_loss']:.3f}"
@@ -128,7 +131,7 @@ def runs_table(output_dir: Path, as_json: bool) -> None:
             else ""
         )
         folder = r.get("run_dir") or r.get("staging_dir") or ""
-        table.add_row(
+        cells = [
             Path(folder).name,
             # Runs of one add_version: false folder share it; the id tells them apart.
             str(r.get("run_id", "")),
@@ -139,7 +142,8 @@ def runs_table(output_dir: Path, as_json: bool) -> None:
             str(r.get("wall_seconds", "")),
             loss,
             Path(str(r.get("last_checkpoint") or "")).name,
-        )
+        ]
+        table.add_row(*(one_line(c) for c in cells))  # a record's text never drives the terminal
     Console(width=max(120, Console().width)).print(table)
     if not rows:
         print(f"no runs recorded under {output_dir}")

@@ -3,6 +3,7 @@ process tree, a manifest of exactly what ran, and progress while it runs."""
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ from sftctl.checks.registry import report
 from sftctl.config.presets import Loaded
 from sftctl.config.resolve import Overrides, Resolved, resolve, resolve_loaded
 from sftctl.config.yamlio import dump, load_text
-from sftctl.errors import LaunchError, RefusedError, errors_of
+from sftctl.errors import ConfigError, LaunchError, RefusedError, errors_of
 from sftctl.resources import gpus
 from sftctl.runtime import ownership, supervise, watchdog
 from sftctl.runtime.record import (
@@ -50,6 +51,7 @@ class RunOptions:
     grace: float = 30.0
     quiet: bool = False
     run_id: str | None = None  # set by a detached parent for its child
+    lock_fd: int | None = None  # the output folder's lock, handed down by a detached parent
 
 
 def _say(text: str) -> None:
@@ -222,14 +224,22 @@ def run(
     unusable = hostcheck.check_writable(_output_dir(resolved, cwd))
     if unusable:
         raise RefusedError(problems=unusable)
-    lock = _lock(_output_dir(resolved, cwd), run_id, in_place)
+    if opts.lock_fd is not None:  # a detached run: its parent took the lock for it
+        lock = ownership.Held(opts.lock_fd, _output_dir(resolved, cwd) / STAGING / ownership.LOCK_NAME)
+        if in_place:
+            lock.record(
+                run_id,
+                {"pid": os.getpid(), "output_dir": str(_output_dir(resolved, cwd)), "started_at": now_iso()},
+            )
+    else:
+        lock = _lock(_output_dir(resolved, cwd), run_id, in_place)
     try:
         cmd, _paths, output_dir, warnings = prepare(resolved, env, opts, cwd)
         for warning in warnings:
             _say(f"warning: {warning}")
         if opts.detach:
-            lock.release()  # the background supervisor takes it again for the run's life
-            return _detach(target, overrides, opts, output_dir, run_id)
+            # The background supervisor inherits the lock itself: no moment without it.
+            return _detach(target, overrides, opts, output_dir, run_id, lock)
         return _launch(target, resolved, cmd, env, opts, cwd, output_dir, run_id, in_place)
     finally:
         lock.release()
@@ -344,12 +354,15 @@ def _supervise(
         record.data.update(status="running", pid=pid, pgid=pid, leader_start=_start_of(pid))
         record.write()
 
+    # The end of the output, kept here: the log on disk may have stopped (a full disk).
+    tail: collections.deque[str] = collections.deque(maxlen=25)
     try:
         with Follower(record.discover, mode, start_offset=record.jsonl_offset) as follower:
 
             def on_line(line: str) -> None:
                 record.announce(line)
                 follower.feed_line(line)
+                tail.append(line)
 
             outcome = supervise.run_supervised(
                 cmd.argv,
@@ -388,7 +401,7 @@ def _supervise(
         steps_per_second=stats.steps_per_second,
     )
     if mode != "quiet":
-        _summary(record, outcome, stats, wall)
+        _summary(record, outcome, stats, wall, list(tail))
     if not recorded:
         _say(f"sftctl: could not record the end of the run ({record.write_error})")
     return outcome.returncode
@@ -399,7 +412,7 @@ def _start_of(pid: int) -> int | None:
     return ref.start if ref else None
 
 
-def _summary(record: RunRecord, outcome: supervise.Outcome, stats: Any, wall: float) -> None:
+def _summary(record: RunRecord, outcome: supervise.Outcome, stats: Any, wall: float, tail: list[str]) -> None:
     lines = []
     if outcome.returncode == 0:
         lines.append("sftctl: training finished")
@@ -409,11 +422,9 @@ def _summary(record: RunRecord, outcome: supervise.Outcome, stats: Any, wall: fl
             + (" (SIGKILL after the grace period)" if outcome.killed else "")
         )
     else:
-        lines.append(f"sftctl: training failed with exit code {outcome.returncode}; last lines of the log:")
-        try:
-            tail = record.log.read_text(errors="replace").splitlines()[-25:]
-        except OSError:
-            tail = []
+        lines.append(
+            f"sftctl: training failed with exit code {outcome.returncode}; last lines of its output:"
+        )
         lines += [f"  | {t}" for t in tail]
     if record.data.get("last_checkpoint"):
         lines.append(f"  checkpoint: {record.data['last_checkpoint']}")
@@ -431,7 +442,9 @@ def _summary(record: RunRecord, outcome: supervise.Outcome, stats: Any, wall: fl
     _say("\n".join(lines))
 
 
-def _detach(target: str, overrides: Overrides, opts: RunOptions, output_dir: Path, run_id: str) -> int:
+def _detach(
+    target: str, overrides: Overrides, opts: RunOptions, output_dir: Path, run_id: str, lock: ownership.Held
+) -> int:
     """Start `sftctl run` again in its own session, so the run survives this terminal."""
     staging = output_dir / STAGING / run_id
     staging.mkdir(parents=True, exist_ok=True)
@@ -458,6 +471,7 @@ def _detach(target: str, overrides: Overrides, opts: RunOptions, output_dir: Pat
             argv += [flag, value]
     if opts.resume:
         argv.append("--resume")
+    argv += ["--lock-fd", str(lock.fd)]
     with open(staging / "supervisor.log", "ab") as err:
         proc = subprocess.Popen(
             argv,
@@ -466,6 +480,7 @@ def _detach(target: str, overrides: Overrides, opts: RunOptions, output_dir: Pat
             stderr=err,
             start_new_session=True,
             cwd=Path.cwd(),
+            pass_fds=(lock.fd,),  # the same open lock: flock holds while any holder lives
         )
     # Write a first manifest now, so `sftctl stop` works even before the background
     # supervisor has started up; the supervisor's own record replaces it.
@@ -536,7 +551,7 @@ def stop(path: Path, grace: float = 30.0) -> int:
     writable = owner == os.geteuid()
     sup = _alive(data.get("supervisor_pid"), data.get("supervisor_start"))
     if sup is not None and not ("sftctl" in _cmdline(sup.pid) and _owned_by(sup.pid, owner)):
-        raise RefusedError(
+        raise ConfigError(
             problems=[
                 report(
                     "R003",
@@ -576,7 +591,7 @@ def stop(path: Path, grace: float = 30.0) -> int:
     else:
         _say("sftctl: neither the supervisor nor any process of this run is running any more")
     if writable:
-        data.update(status="stopped without supervisor", ended_at=now_iso())
+        data.update(status="stopped without supervisor" if refs else "lost", ended_at=now_iso())
         _record_quietly(manifest_path, data)
     return 0
 

@@ -73,6 +73,12 @@ class Held:
     fd: int
     path: Path
 
+    def record(self, run_id: str, info: dict[str, Any]) -> None:
+        """Name the holder in the lock file (an exclusive holder; the lock must be held)."""
+        with contextlib.suppress(OSError):
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, (json.dumps({"run_id": run_id, **info}) + "\n").encode(), 0)
+
     def release(self) -> None:
         """Release the lock; a second call does nothing (the number may be reused by then)."""
         fd, self.fd = self.fd, -1
@@ -117,10 +123,10 @@ def acquire(staging_root: Path, run_id: str, exclusive: bool, info: dict[str, An
     if survivors:
         os.close(fd)
         raise Busy({**previous, "survivors": survivors})
+    lock = Held(fd, path)
     if exclusive:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps({"run_id": run_id, **info}) + "\n").encode(), 0)
-    return Held(fd, path)
+        lock.record(run_id, info)
+    return lock
 
 
 @contextlib.contextmanager

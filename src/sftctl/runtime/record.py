@@ -298,10 +298,9 @@ def read_manifest(path: Path, _seen: frozenset[str] = frozenset()) -> tuple[Path
         if os.path.realpath(cand) in _seen:
             raise _no_manifest(path, "the manifest's pointer leads back to itself")
         data = json.loads(cand.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise _no_manifest(
-            path, f"not a readable sftctl manifest ({exc.__class__.__name__}: {exc})"
-        ) from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        why = "nested too deeply" if isinstance(exc, RecursionError) else f"{exc.__class__.__name__}: {exc}"
+        raise _no_manifest(path, f"not a readable sftctl manifest ({why})") from None
     wrong = shape_problem(data)
     if wrong is not None:
         raise _no_manifest(cand, f"not an sftctl manifest ({wrong})")
@@ -323,21 +322,35 @@ def effective_status(data: dict[str, Any]) -> str:
         return status
     pid, start = data.get("supervisor_pid"), data.get("supervisor_start")
     ref = proc_ref(pid) if isinstance(pid, int) else None
-    return status if ref is not None and ref.start == start else "lost"
+    if ref is None or ref.start != start:
+        return "lost"
+    try:  # a live process that is not an sftctl run (a crafted or stale record) is not its supervisor
+        cmdline = Path(f"/proc/{ref.pid}/cmdline").read_bytes()
+    except OSError:
+        return "lost"
+    return status if b"sftctl" in cmdline else "lost"
 
 
-def list_runs(output_dir: Path) -> list[dict[str, Any]]:
-    """Every run sftctl recorded under ``output_dir``, oldest first."""
+def list_runs(output_dir: Path, broken: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every run sftctl recorded under ``output_dir``, oldest first; records that cannot
+    be read are named in ``broken`` (path and why) instead."""
     seen: dict[str, dict[str, Any]] = {}
     paths = [*output_dir.glob("*/sftctl-manifest*.json"), *output_dir.glob("sftctl-manifest*.json")]
     paths += list((output_dir / STAGING).glob(f"*/{POINTER}"))
     for path in paths:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+            if broken is not None:
+                broken.append(f"{path}: not readable ({exc.__class__.__name__})")
             continue
-        if shape_problem(data) is not None or "moved_to" in data:
-            continue  # a pointer, or not a record: `show` on it says what is wrong
+        wrong = shape_problem(data)
+        if wrong is not None:
+            if broken is not None:
+                broken.append(f"{path}: not an sftctl manifest ({wrong})")
+            continue
+        if "moved_to" in data:
+            continue
         data["_manifest"] = str(path)
-        seen[data.get("run_id", str(path))] = data
+        seen[str(data.get("run_id") or path)] = data
     return sorted(seen.values(), key=lambda d: str(d.get("started_at", "")))
