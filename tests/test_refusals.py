@@ -150,20 +150,23 @@ def stand_in_nvidia_smi(folder: Path, ids: list[int]) -> str:
     return str(folder)
 
 
-def test_a_gpu_preset_on_a_machine_without_gpus(sandbox: tuple[Path, dict[str, str], Path]) -> None:
-    work, env, marker = sandbox
+def without_nvidia_smi(env: dict[str, str]) -> None:
+    """This machine as a CPU box, whatever the host has: no nvidia-smi on PATH."""
     env["PATH"] = os.pathsep.join(
         p for p in env["PATH"].split(os.pathsep) if not Path(p, "nvidia-smi").exists()
     )
+
+
+def test_a_gpu_preset_on_a_machine_without_gpus(sandbox: tuple[Path, dict[str, str], Path]) -> None:
+    work, env, marker = sandbox
+    without_nvidia_smi(env)
     out = _run(work, env, "zero2-qwen3-8b", "--set", "attn_impl=sdpa", "--set", "dataset=org/data")
     _refused(out, marker, "no NVIDIA GPU", "use_cpu: true")
 
 
 def test_gpus_and_processes_on_a_machine_without_gpus(sandbox: tuple[Path, dict[str, str], Path]) -> None:
     work, env, marker = sandbox
-    env["PATH"] = os.pathsep.join(
-        p for p in env["PATH"].split(os.pathsep) if not Path(p, "nvidia-smi").exists()
-    )
+    without_nvidia_smi(env)
     out = _run(work, env, "cpu-smoke", "--gpus", "0,1", "--set", "launch.nproc_per_node=2")
     _refused(out, marker, "no NVIDIA GPU", "DDP over 2 processes")
 
