@@ -36,6 +36,7 @@ print("EXIT=" + str(code))
         (["show", "lora-qwen2.5-7b"], 0),
         (["presets"], 0),
         (["rules"], 0),
+        (["gpus", "--json"], 0),
     ],
 )
 def test_heavy_modules_stay_unloaded(argv: list[str], code: int) -> None:

@@ -45,4 +45,10 @@ def host_gpus(env: Mapping[str, str]) -> list[int] | None:
             return parse_gpus(env["CUDA_VISIBLE_DEVICES"])
         except ValueError:
             return None
+    from sftctl.resources.nvml import inventory
+
+    found = inventory({k: v for k, v in env.items() if k != "CUDA_VISIBLE_DEVICES"})
+    if found.gpus:
+        return sorted({int(g.index.split(":")[0]) for g in found.gpus})
+    # No NVML answer (no driver library, or an old driver): ask nvidia-smi.
     return visible_gpus({k: v for k, v in env.items() if k != "CUDA_VISIBLE_DEVICES"})

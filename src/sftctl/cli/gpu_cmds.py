@@ -1,0 +1,43 @@
+"""`sftctl gpus`: what NVML says about this machine's GPUs."""
+
+import json
+import sys
+
+import typer
+
+from sftctl.cli.boundary import boundary
+from sftctl.cli.options import JsonOpt
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to ``app``."""
+    app.command()(gpus)
+
+
+def gpus(as_json: JsonOpt = False) -> None:
+    """List this machine's GPUs: memory, utilization, processes and their users (NVML)."""
+    from sftctl.resources.nvml import inventory
+    from sftctl.resources.params import human
+    from sftctl.util.text import one_line
+
+    with boundary():
+        found = inventory()
+        if as_json:
+            print(json.dumps([g.as_dict() for g in found.gpus], indent=2))
+            return
+        if not found.gpus:
+            why = f" ({found.note})" if found.note else ""
+            print(f"no NVIDIA GPU here{why}", file=sys.stderr)
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(box=None, header_style="bold")
+        for col in ("gpu", "name", "uuid", "memory used / total", "util", "processes"):
+            table.add_column(col, no_wrap=col in ("gpu", "uuid"))
+        for g in found.gpus:
+            procs = ", ".join(f"{p.pid} {p.user or '?'}" for p in g.processes) or "-"
+            util = "-" if g.utilization is None else f"{g.utilization}%"
+            memory = f"{human(g.used_bytes)} / {human(g.total_bytes)}"
+            table.add_row(g.index, one_line(g.name), g.uuid, memory, util, one_line(procs))
+        Console(width=max(120, Console().width)).print(table)
