@@ -224,15 +224,7 @@ def run(
     unusable = hostcheck.check_writable(_output_dir(resolved, cwd))
     if unusable:
         raise RefusedError(problems=unusable)
-    if opts.lock_fd is not None:  # a detached run: its parent took the lock for it
-        lock = ownership.Held(opts.lock_fd, _output_dir(resolved, cwd) / STAGING / ownership.LOCK_NAME)
-        if in_place:
-            lock.record(
-                run_id,
-                {"pid": os.getpid(), "output_dir": str(_output_dir(resolved, cwd)), "started_at": now_iso()},
-            )
-    else:
-        lock = _lock(_output_dir(resolved, cwd), run_id, in_place)
+    lock = _lock(_output_dir(resolved, cwd), run_id, in_place, opts.lock_fd)
     try:
         cmd, _paths, output_dir, warnings = prepare(resolved, env, opts, cwd)
         for warning in warnings:
@@ -245,15 +237,19 @@ def run(
         lock.release()
 
 
-def _lock(output_dir: Path, run_id: str, in_place: bool) -> ownership.Held:
-    """The output folder's lock for this run, or a refusal naming the run that holds it."""
+def _lock(output_dir: Path, run_id: str, in_place: bool, inherited: int | None) -> ownership.Held:
+    """The output folder's lock for this run, or a refusal naming the run that holds it.
+
+    A detached run's parent took the lock and handed its descriptor down (``inherited``):
+    the background supervisor keeps it and names itself as the holder."""
+    info = {"pid": os.getpid(), "output_dir": str(output_dir), "started_at": now_iso()}
+    if inherited is not None:
+        lock = ownership.Held(inherited, output_dir / STAGING / ownership.LOCK_NAME)
+        if in_place:
+            lock.record(run_id, info)
+        return lock
     try:
-        return ownership.acquire(
-            output_dir / STAGING,
-            run_id,
-            exclusive=in_place,
-            info={"pid": os.getpid(), "output_dir": str(output_dir), "started_at": now_iso()},
-        )
+        return ownership.acquire(output_dir / STAGING, run_id, exclusive=in_place, info=info)
     except ownership.Busy as busy:
         who = busy.holder
         if who.get("survivors"):
@@ -521,13 +517,6 @@ def _record_quietly(path: Path, data: dict[str, Any]) -> None:
         _say(f"sftctl: could not update {path} ({exc.strerror}); the run's processes were handled")
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
 def _owned_by(pid: int, uid: int | None) -> bool:
     """``pid`` runs as ``uid`` (the run folder's owner); root's own runs count for root."""
     return uid is not None and ownership.process_uid(pid) == uid
@@ -550,7 +539,7 @@ def stop(path: Path, grace: float = 30.0) -> int:
     owner = ownership.owner_of(manifest_path)
     writable = owner == os.geteuid()
     sup = _alive(data.get("supervisor_pid"), data.get("supervisor_start"))
-    if sup is not None and not ("sftctl" in _cmdline(sup.pid) and _owned_by(sup.pid, owner)):
+    if sup is not None and not (ownership.is_sftctl(sup.pid) and _owned_by(sup.pid, owner)):
         raise ConfigError(
             problems=[
                 report(

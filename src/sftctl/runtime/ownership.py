@@ -37,14 +37,22 @@ def marker_of(pid: int) -> str | None:
 
 
 def marked(run_id: str) -> list[int]:
-    """Live processes carrying ``run_id``'s marker."""
-    out = []
-    for name in os.listdir("/proc"):
-        if name.isdigit() and marker_of(int(name)) == run_id:
-            with contextlib.suppress(OSError):
-                if Path(f"/proc/{name}/stat").read_bytes().split(b") ")[-1][:1] not in (b"Z", b"X"):
-                    out.append(int(name))
-    return sorted(out)
+    """Live processes (zombies excluded) carrying ``run_id``'s marker."""
+    from sftctl.runtime.supervise import proc_ref
+
+    return sorted(
+        int(name)
+        for name in os.listdir("/proc")
+        if name.isdigit() and marker_of(int(name)) == run_id and proc_ref(int(name)) is not None
+    )
+
+
+def is_sftctl(pid: int) -> bool:
+    """The process runs sftctl (its command line says so): a recorded supervisor must."""
+    try:
+        return b"sftctl" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def owner_of(path: Path) -> int | None:

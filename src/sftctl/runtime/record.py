@@ -315,6 +315,7 @@ def read_manifest(path: Path, _seen: frozenset[str] = frozenset()) -> tuple[Path
 def effective_status(data: dict[str, Any]) -> str:
     """The recorded status, or ``lost`` for a run recorded as running whose supervisor is
     gone (killed hard before it could record anything)."""
+    from sftctl.runtime.ownership import is_sftctl
     from sftctl.runtime.supervise import proc_ref
 
     status = str(data.get("status", ""))
@@ -322,13 +323,8 @@ def effective_status(data: dict[str, Any]) -> str:
         return status
     pid, start = data.get("supervisor_pid"), data.get("supervisor_start")
     ref = proc_ref(pid) if isinstance(pid, int) else None
-    if ref is None or ref.start != start:
-        return "lost"
-    try:  # a live process that is not an sftctl run (a crafted or stale record) is not its supervisor
-        cmdline = Path(f"/proc/{ref.pid}/cmdline").read_bytes()
-    except OSError:
-        return "lost"
-    return status if b"sftctl" in cmdline else "lost"
+    # A live process that is not an sftctl run (a crafted or stale record) is not its supervisor.
+    return status if ref is not None and ref.start == start and is_sftctl(ref.pid) else "lost"
 
 
 def list_runs(output_dir: Path, broken: list[str] | None = None) -> list[dict[str, Any]]:
