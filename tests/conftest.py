@@ -18,9 +18,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No test reads or writes the real user's presets or cache."""
+    """No test reads or writes the real user's presets or cache, or the host's GPU leases."""
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("SFTCTL_PRESETS", str(home / "presets"))
+    monkeypatch.setenv("SFTCTL_LEASE_DIR", str(home / "leases"))
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.delenv("SFTCTL_SWIFT_VERSION", raising=False)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)

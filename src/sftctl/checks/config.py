@@ -24,7 +24,7 @@ FLASH_ATTN = ("flash_attn", "flash_attention_2", "flash_attention_3", "flash_att
 DEEPSPEED_BUILTINS = ("zero0", "zero1", "zero2", "zero2_offload", "zero3", "zero3_offload")
 
 _FIELD_HINTS = {
-    "launch.gpus": "list GPU ids, e.g. gpus: 0,1,2,3 (or a range 0-3)",
+    "launch.gpus": "list GPU ids, e.g. gpus: 0,1,2,3 (or a range 0-3), or auto / auto:N for free GPUs",
     "launch.nproc_per_node": "a whole number of processes per node, e.g. nproc_per_node: 2, "
     "or auto (one per GPU) with launch.gpus listed",
     "launch.nnodes": "a whole number of nodes, e.g. nnodes: 1",

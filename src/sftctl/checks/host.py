@@ -14,11 +14,13 @@ import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from sftctl.checks.config import FLASH_ATTN
 from sftctl.checks.registry import report
 from sftctl.config.resolve import Resolved
 from sftctl.errors import Problem
+from sftctl.resources.gpus import HostGpus
 from sftctl.resources.params import checkpoint_bytes, human
 from sftctl.swift.outputs import checkpoint_dirs
 from sftctl.swift.values import as_texts
@@ -60,8 +62,11 @@ def check(
     env: Mapping[str, str],
     cwd: Path | None = None,
     path_of: Mapping[str, str] | None = None,
+    view: HostGpus | None = None,
+    leased: Mapping[int, Mapping[str, Any]] | None = None,
 ) -> list[Problem]:
-    """Problems that would make the run fail on this machine."""
+    """Problems that would make the run fail on this machine (``view``: its GPUs, when
+    already known; ``leased``: GPUs other runs lease)."""
     base = cwd or Path.cwd()
     path_of = path_of or {}
     problems: list[Problem] = []
@@ -112,7 +117,7 @@ def check(
                     "H003", f"args.{key}", f"needs the Python package '{module}', which is not installed", fix
                 )
             )
-    problems += check_gpus(resolved, env)
+    problems += check_gpus(resolved, env, view, leased)
     exe = "torchrun" if resolved.config.launch.launcher == "torchrun" else "swift"
     if find_executable(exe, env) is None:
         problems.append(
@@ -126,22 +131,31 @@ def check(
     return problems
 
 
-def check_gpus(resolved: Resolved, env: Mapping[str, str]) -> list[Problem]:
+def check_gpus(
+    resolved: Resolved,
+    env: Mapping[str, str],
+    view: HostGpus | None = None,
+    leased: Mapping[int, Mapping[str, Any]] | None = None,
+) -> list[Problem]:
     """A GPU config needs GPUs here, and the ones it names must exist (inside a Slurm job,
-    the job's). A CPU config says so: use_cpu, or launch.gpus: ''."""
-    from sftctl.resources.gpus import host_gpus
+    the job's). A CPU config says so: use_cpu, or launch.gpus: ''. GPUs that other
+    processes use are a warning; ``leased`` (GPU -> holder) names GPUs another sftctl run
+    holds, a refusal."""
+    from sftctl.resources.gpus import host_view
+    from sftctl.resources.leases import describe_holder
 
     gpus = resolved.config.launch.gpus
     if resolved.layout.use_cpu or gpus == []:
         return []
-    host = host_gpus(env)
+    view = view or host_view(env)
+    host = view.ids
     if host == []:
         return [
             report(
                 "H015",
                 "launch.gpus",
-                f"this machine has no NVIDIA GPU (nvidia-smi finds none), but the config trains on GPUs "
-                f"({resolved.layout.description})",
+                f"this machine has no NVIDIA GPU (NVML and nvidia-smi find none), but the config trains "
+                f"on GPUs ({resolved.layout.description})",
                 "run it on a GPU node; to train on the CPU set use_cpu: true and launch.gpus: '' "
                 "(as the cpu-smoke presets do)",
             )
@@ -154,10 +168,30 @@ def check_gpus(resolved: Resolved, env: Mapping[str, str]) -> list[Problem]:
                 "H016",
                 "launch.gpus",
                 f"GPU id(s) {missing} do not exist here (this machine has GPUs {have})",
-                f"pass --gpus with ids from nvidia-smi, e.g. --gpus {have}",
+                f"pass --gpus with ids from `sftctl gpus`, e.g. --gpus {have}",
             )
         ]
-    return []
+    problems = []
+    for g in gpus or []:
+        if leased and g in leased:
+            problems.append(
+                report(
+                    "H018",
+                    "launch.gpus",
+                    f"GPU {g} is leased by {describe_holder(leased[g])}",
+                    "pick free GPUs with --gpus auto (or auto:N), wait with --wait, or stop that run",
+                )
+            )
+        elif busy := view.busy(g):
+            problems.append(
+                report(
+                    "H017",
+                    "launch.gpus",
+                    f"GPU {g} is already in use: {busy}",
+                    "--gpus auto picks free GPUs; see `sftctl gpus`",
+                )
+            )
+    return problems
 
 
 def _existing_parent(path: Path) -> Path:

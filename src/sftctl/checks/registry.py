@@ -91,6 +91,7 @@ RULES: dict[str, Rule] = {
             ("L005", "visible GPUs that do not divide evenly over the processes"),
             ("L006", "DeepSpeed or FSDP with several GPUs per process (device_map)"),
             ("L007", "several processes, no GPU, and use_cpu unset"),
+            ("L008", "launch.gpus auto in a rendered script (GPUs are picked when run starts)"),
         ),
         *_rules(
             "host",
@@ -110,6 +111,10 @@ RULES: dict[str, Rule] = {
             ("H014", "output_dir is in use by another run"),
             ("H015", "a GPU config on a machine with no NVIDIA GPU"),
             ("H016", "GPU ids that do not exist on this machine"),
+            ("H017", "a configured GPU already in use (processes or memory)", "warning"),
+            ("H018", "a configured GPU leased by another sftctl run"),
+            ("H019", "--gpus auto finds too few free GPUs"),
+            ("H020", "the GPU lease folder cannot be used"),
             ("R001", "a rendered file that differs from the rendering"),
             ("R002", "no sftctl run record where one was expected"),
             ("R003", "a process a run record names that is not that run's"),

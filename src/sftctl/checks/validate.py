@@ -15,18 +15,32 @@ def validate_many(
 ) -> dict[str, list[Problem]]:
     """Every problem of every target; ``host`` adds the checks that depend on this machine."""
     out: dict[str, list[Problem]] = {}
+    picker = None
+    if host:
+        from sftctl.resources.gpus import host_view
+        from sftctl.resources.leases import Picker
+
+        picker = Picker(os.environ, host_view, take=False)  # --gpus auto: what is free now
     for target in targets:
         try:
-            resolved = resolve(target, overrides)
+            resolved = resolve(target, overrides, picker=picker)
         except SftctlError as exc:
             if not exc.problems:
                 raise  # not about this target (a usage error): it stops the whole call
             out[target] = exc.problems
             continue
-        if host:
+        if host and picker is not None:
             from sftctl.checks import host as hostcheck
+            from sftctl.resources.leases import holders
 
-            out[target] = hostcheck.check(resolved, os.environ, path_of=builtin_paths(resolved))
+            gpu_run = bool(resolved.config.launch.gpus) and not resolved.layout.use_cpu
+            out[target] = hostcheck.check(
+                resolved,
+                os.environ,
+                path_of=builtin_paths(resolved),
+                view=picker.view if gpu_run else None,
+                leased=holders(os.environ, picker.view) if gpu_run else None,
+            )
         else:
             out[target] = []
     return out

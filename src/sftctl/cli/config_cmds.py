@@ -40,12 +40,12 @@ def render_text(spec: TargetSpec, fmt: str) -> str:
     """Resolve the target and render it in ``fmt``."""
     from sftctl import render as r
     from sftctl.assets import builtin_paths
-    from sftctl.config.resolve import resolve
+    from sftctl.config.resolve import Unpicked, resolve
     from sftctl.launchers import build
 
     if fmt not in r.FORMATS:
         raise UsageError(f"--format: unknown format '{fmt}' (fix: use one of {', '.join(r.FORMATS)})")
-    resolved = resolve(spec.one(), spec.overrides())
+    resolved = resolve(spec.one(), spec.overrides(), picker=Unpicked(refuse=True))
     return r.text(resolved, build(resolved, builtin_paths(resolved)), fmt)
 
 

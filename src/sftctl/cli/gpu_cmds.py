@@ -1,7 +1,9 @@
 """`sftctl gpus`: what NVML says about this machine's GPUs."""
 
 import json
+import os
 import sys
+from typing import Any
 
 import typer
 
@@ -16,14 +18,22 @@ def register(app: typer.Typer) -> None:
 
 def gpus(as_json: JsonOpt = False) -> None:
     """List this machine's GPUs: memory, utilization, processes and their users (NVML)."""
+    from sftctl.resources.gpus import host_view
+    from sftctl.resources.leases import describe_holder, holders
     from sftctl.resources.nvml import inventory
     from sftctl.resources.params import human
     from sftctl.util.text import one_line
 
     with boundary():
         found = inventory()
+        # Leases are by physical GPU: ask without the inherited CUDA_VISIBLE_DEVICES.
+        leased = holders(os.environ, host_view(os.environ)) if found.gpus else {}
+
+        def lease_of(index: str) -> dict[str, Any] | None:
+            return None if ":" in index else leased.get(int(index))
+
         if as_json:
-            print(json.dumps([g.as_dict() for g in found.gpus], indent=2))
+            print(json.dumps([{**g.as_dict(), "lease": lease_of(g.index)} for g in found.gpus], indent=2))
             return
         if not found.gpus:
             why = f" ({found.note})" if found.note else ""
@@ -33,11 +43,14 @@ def gpus(as_json: JsonOpt = False) -> None:
         from rich.table import Table
 
         table = Table(box=None, header_style="bold")
-        for col in ("gpu", "name", "uuid", "memory used / total", "util", "processes"):
+        for col in ("gpu", "name", "uuid", "memory used / total", "util", "processes", "leased by"):
             table.add_column(col, no_wrap=col in ("gpu", "uuid"))
         for g in found.gpus:
             procs = ", ".join(f"{p.pid} {p.user or '?'}" for p in g.processes) or "-"
             util = "-" if g.utilization is None else f"{g.utilization}%"
             memory = f"{human(g.used_bytes)} / {human(g.total_bytes)}"
-            table.add_row(g.index, one_line(g.name), g.uuid, memory, util, one_line(procs))
+            who = lease_of(g.index)
+            lease = "-" if who is None else describe_holder(who)
+            cells = (g.index, g.name, g.uuid, memory, util, procs, lease)
+            table.add_row(*(one_line(c) for c in cells))
         Console(width=max(120, Console().width)).print(table)

@@ -37,7 +37,12 @@ SetOpt = Annotated[
     ),
 ]
 GpusOpt = Annotated[
-    str | None, typer.Option("--gpus", help="GPU ids for CUDA_VISIBLE_DEVICES, e.g. 0,1,2,3.")
+    str | None,
+    typer.Option(
+        "--gpus",
+        help="GPU ids for CUDA_VISIBLE_DEVICES, e.g. 0,1,2,3; or auto / auto:N: free GPUs, "
+        "picked and leased when the run starts.",
+    ),
 ]
 ModelOpt = Annotated[str | None, typer.Option("--model", help="The model id or local path.")]
 VersionOpt = Annotated[

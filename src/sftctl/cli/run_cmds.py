@@ -9,6 +9,7 @@ import typer
 from sftctl.cli.boundary import boundary
 from sftctl.cli.options import GraceOpt, JsonOpt, QuietOpt, TargetSpec, seconds_option, target_command
 
+WaitOpt = Annotated[bool, typer.Option("--wait", help="Wait for GPUs other runs hold instead of refusing.")]
 RunDirArg = Annotated[Path, typer.Argument(help="A run folder (or its .sftctl staging folder).")]
 
 
@@ -34,7 +35,9 @@ def run(
     grace: GraceOpt = 30.0,
     quiet: QuietOpt = False,
     run_id: Annotated[str | None, typer.Option("--run-id", hidden=True)] = None,
+    wait: WaitOpt = False,
     lock_fd: Annotated[int | None, typer.Option("--lock-fd", hidden=True)] = None,
+    leases: Annotated[str | None, typer.Option("--leases", hidden=True)] = None,
 ) -> None:
     """Check the config and this machine, then launch and supervise the training command."""
     with boundary():
@@ -42,7 +45,14 @@ def run(
         from sftctl.runtime import launch
 
         opts = launch.RunOptions(
-            detach=detach, resume=resume, grace=grace, quiet=quiet, run_id=run_id, lock_fd=lock_fd
+            detach=detach,
+            resume=resume,
+            grace=grace,
+            quiet=quiet,
+            run_id=run_id,
+            lock_fd=lock_fd,
+            wait=wait,
+            leases=leases,
         )
         if dry_run:
             sys.stdout.write(launch.dry_run_text(name, spec.overrides(), opts))
@@ -51,12 +61,14 @@ def run(
     raise typer.Exit(code)
 
 
-def resume_cmd(run_dir: RunDirArg, grace: GraceOpt = 30.0, quiet: QuietOpt = False) -> None:
+def resume_cmd(
+    run_dir: RunDirArg, grace: GraceOpt = 30.0, quiet: QuietOpt = False, wait: WaitOpt = False
+) -> None:
     """Continue a recorded run from its last complete checkpoint."""
     from sftctl.runtime import launch
 
     with boundary():
-        code = launch.resume(run_dir, launch.RunOptions(grace=grace, quiet=quiet))
+        code = launch.resume(run_dir, launch.RunOptions(grace=grace, quiet=quiet, wait=wait))
     raise typer.Exit(code)
 
 

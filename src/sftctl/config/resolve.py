@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -29,6 +29,30 @@ from sftctl.swift.version import VersionProblem, fallback_major, parse_major, ta
 
 # An ms-swift argument name, or a dotted config path of names (launch.gpus, env.HF_HOME).
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)?$")
+_AUTO = re.compile(r"^auto(?::(\d+))?$")
+
+
+class GpuPicker(Protocol):
+    """Chooses the GPUs of ``launch.gpus: auto`` / ``auto:N``."""
+
+    how: str  # what the choice is, for ``show``
+
+    def __call__(self, count: int | None, multiple: int) -> list[int]:
+        """``count`` GPUs (None: every free one, a multiple of ``multiple``)."""
+        ...
+
+
+@dataclass
+class Unpicked:
+    """For the commands that do not look at the host (validate, show): ``auto:N`` is checked
+    as N GPUs (``auto`` as the count the config implies); ``render`` refuses it, since a
+    script needs ids."""
+
+    refuse: bool = False
+    how: str = "checked as placeholder ids; sftctl run picks free GPUs and leases them"
+
+    def __call__(self, count: int | None, multiple: int) -> list[int]:
+        return list(range(count or max(multiple, 1)))
 
 
 @dataclass(frozen=True)
@@ -182,9 +206,12 @@ def resolve(
     *,
     env: Mapping[str, str] | None = None,
     visible: list[int] | None = None,
+    picker: GpuPicker | None = None,
 ) -> Resolved:
-    """Load ``target`` and return the validated run, or raise ConfigError with every problem."""
-    return resolve_loaded(load(target), overrides, env=env, visible=visible)
+    """Load ``target`` and return the validated run, or raise ConfigError with every problem.
+
+    ``picker`` chooses the GPUs of ``launch.gpus: auto`` (default: :class:`Unpicked`)."""
+    return resolve_loaded(load(target), overrides, env=env, visible=visible, picker=picker)
 
 
 def resolve_loaded(
@@ -193,6 +220,7 @@ def resolve_loaded(
     *,
     env: Mapping[str, str] | None = None,
     visible: list[int] | None = None,
+    picker: GpuPicker | None = None,
 ) -> Resolved:
     """Validate an already loaded (merged) config; see :func:`resolve`."""
     ov = overrides or Overrides()
@@ -202,7 +230,8 @@ def resolve_loaded(
     problems: list[Problem] = []
     before = _launch_counts(loaded.data)
     _apply_overrides(loaded, ov, cat, problems)
-    notes = _follow_gpus(loaded, before, ov)
+    notes = _pick_gpus(loaded, before, ov, picker or Unpicked(), problems)
+    notes += _follow_gpus(loaded, before, ov)
     raw_args = loaded.data.get("args") or {}
     config: RunConfig | None = None
     try:
@@ -288,3 +317,44 @@ def _follow_gpus(loaded: Loaded, before: tuple[int, int] | None, ov: Overrides) 
         f"nproc_per_node followed --gpus: {nproc_before} -> {listed // per} "
         f"({each}, as the config has on its {gpus_before} GPUs)"
     ]
+
+
+def _pick_gpus(
+    loaded: Loaded, before: tuple[int, int] | None, ov: Overrides, picker: GpuPicker, problems: list[Problem]
+) -> list[str]:
+    """``launch.gpus: auto`` / ``auto:N``: the picker's GPUs replace it. A config whose
+    processes each take k GPUs (device_map) gets a multiple of k; with an explicit process
+    count, plain ``auto`` takes as many GPUs as those processes need."""
+    launch = loaded.data.get("launch")
+    value = launch.get("gpus") if isinstance(launch, dict) else None
+    if not isinstance(launch, dict) or not isinstance(value, str):
+        return []
+    match = _AUTO.match(value.strip().lower())
+    if match is None:
+        return []
+    count = int(match.group(1)) if match.group(1) else None
+    where = loaded.origin.get("launch.gpus", "config")
+    if count == 0:
+        problems.append(
+            report("C002", "launch.gpus", f"'{value}' asks for no GPU", "write auto:N (N >= 1), or ''")
+        )
+        del launch["gpus"]  # said once: no follow-on layout problems
+        return []
+    per = before[0] // before[1] if before and before[0] % before[1] == 0 else 1
+    nproc = launch.get("nproc_per_node")
+    explicit = any(item.split("=", 1)[0].strip() == "launch.nproc_per_node" for item in ov.sets)
+    if count is None and isinstance(nproc, int) and not isinstance(nproc, bool) and (explicit or not before):
+        count = nproc * per
+    if isinstance(picker, Unpicked) and picker.refuse:
+        problems.append(
+            report(
+                "L008",
+                "launch.gpus",
+                f"'{value}' picks free GPUs when `sftctl run` starts; a rendered script needs GPU ids",
+                f"give ids (--gpus 0,1), or see what run would pick: sftctl run ... --gpus {value} --dry-run",
+            )
+        )
+    picked = picker(count, per)
+    launch["gpus"] = ",".join(str(i) for i in picked)
+    loaded.origin["launch.gpus"] = f"{where} ({value})"
+    return [f"launch.gpus {value}: GPUs {launch['gpus']} ({picker.how})"]

@@ -1,12 +1,20 @@
-"""Which GPUs this machine makes visible, found without importing torch."""
+"""Which GPUs this machine has and which of them are busy, found without importing torch."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from sftctl.config.schema import parse_gpus
+from sftctl.resources.nvml import Gpu
+from sftctl.resources.params import GIB, human
+
+# Memory in use on a GPU without a listed process (another container's, or a driver
+# NVML cannot see into) above which the GPU counts as busy. An idle GPU shows well
+# under this; one CUDA context alone is about 0.5 GiB.
+BUSY_BYTES = 2 * GIB
 
 
 def visible_gpus(env: Mapping[str, str]) -> list[int] | None:
@@ -37,18 +45,57 @@ def visible_gpus(env: Mapping[str, str]) -> list[int] | None:
     return [int(line) for line in out.stdout.split() if line.strip().isdigit()]
 
 
-def host_gpus(env: Mapping[str, str]) -> list[int] | None:
-    """The GPU indices that exist for this run: inside a Slurm job the job's GPUs, else the
-    ones nvidia-smi lists ([] when there is none); None when that cannot be known."""
-    if env.get("SLURM_JOB_ID") and "CUDA_VISIBLE_DEVICES" in env:
-        try:
-            return parse_gpus(env["CUDA_VISIBLE_DEVICES"])
-        except ValueError:
+@dataclass(frozen=True)
+class HostGpus:
+    """The GPUs a run on this machine may use, with NVML's description where it has one."""
+
+    ids: list[int] | None  # None: cannot be known; []: no NVIDIA GPU here
+    described: dict[int, Gpu] = field(default_factory=dict)  # whole GPUs by index (NVML)
+    mig: frozenset[int] = frozenset()  # GPUs split into MIG devices
+
+    def busy(self, index: int) -> str | None:
+        """Why GPU ``index`` is in use by someone already (processes, memory), or None."""
+        gpu = self.described.get(index)
+        if gpu is None:
             return None
+        why = []
+        if gpu.processes:
+            procs = ", ".join(
+                f"pid {p.pid} ({p.user or 'unknown user'}"
+                + (f", {human(p.used_bytes)}" if p.used_bytes else "")
+                + ")"
+                for p in gpu.processes[:4]
+            )
+            more = f" and {len(gpu.processes) - 4} more" if len(gpu.processes) > 4 else ""
+            why.append(f"processes {procs}{more}")
+        if gpu.used_bytes >= BUSY_BYTES:
+            why.append(f"{human(gpu.used_bytes)} of {human(gpu.total_bytes)} memory in use")
+        return "; ".join(why) or None
+
+
+def host_view(env: Mapping[str, str]) -> HostGpus:
+    """The GPUs that exist for this run: inside a Slurm job the job's GPUs, else every GPU
+    NVML (or, without NVML, nvidia-smi) lists. An inherited CUDA_VISIBLE_DEVICES does not
+    limit them outside Slurm: the rendered CUDA_VISIBLE_DEVICES replaces it."""
     from sftctl.resources.nvml import inventory
 
-    found = inventory({k: v for k, v in env.items() if k != "CUDA_VISIBLE_DEVICES"})
-    if found.gpus:
-        return sorted({int(g.index.split(":")[0]) for g in found.gpus})
-    # No NVML answer (no driver library, or an old driver): ask nvidia-smi.
-    return visible_gpus({k: v for k, v in env.items() if k != "CUDA_VISIBLE_DEVICES"})
+    bare = {k: v for k, v in env.items() if k != "CUDA_VISIBLE_DEVICES"}
+    found = inventory(bare)
+    described = {int(g.index): g for g in found.gpus if not g.mig}
+    mig = frozenset(int(g.index.split(":")[0]) for g in found.gpus if g.mig)
+    if env.get("SLURM_JOB_ID") and "CUDA_VISIBLE_DEVICES" in env:
+        try:
+            ids: list[int] | None = parse_gpus(env["CUDA_VISIBLE_DEVICES"])
+        except ValueError:
+            ids = None
+    elif described:
+        ids = sorted(described)
+    else:
+        # No NVML answer (no driver library, or an old driver): ask nvidia-smi.
+        ids = visible_gpus(bare)
+    return HostGpus(ids, described, mig)
+
+
+def host_gpus(env: Mapping[str, str]) -> list[int] | None:
+    """The GPU indices that exist for this run ([] when there is none; None: unknown)."""
+    return host_view(env).ids

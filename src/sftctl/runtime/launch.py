@@ -23,7 +23,7 @@ from sftctl.config.presets import Loaded
 from sftctl.config.resolve import Overrides, Resolved, resolve, resolve_loaded
 from sftctl.config.yamlio import dump, load_text
 from sftctl.errors import ConfigError, LaunchError, RefusedError, errors_of
-from sftctl.resources import gpus
+from sftctl.resources import gpus, leases
 from sftctl.runtime import ownership, supervise, watchdog
 from sftctl.runtime.record import (
     LOG,
@@ -52,6 +52,8 @@ class RunOptions:
     quiet: bool = False
     run_id: str | None = None  # set by a detached parent for its child
     lock_fd: int | None = None  # the output folder's lock, handed down by a detached parent
+    wait: bool = False  # wait for leased GPUs instead of refusing
+    leases: str | None = None  # GPU leases handed down by a detached parent: gpu=fd,...
 
 
 def _say(text: str) -> None:
@@ -129,7 +131,7 @@ def dry_run_text(target: str, overrides: Overrides, opts: RunOptions, cwd: Path 
     """Exactly what ``run`` would start, as a script (the checkpoint ``--resume`` picks included)."""
     from sftctl import render
 
-    resolved = resolve(target, overrides, env=os.environ)
+    resolved = resolve(target, overrides, env=os.environ, picker=_picker(os.environ, opts, take=False))
     if opts.resume:
         _resume_point(resolved, cwd or Path.cwd())
     return render.to_sh(resolved, launchers.build(resolved, builtin_paths(resolved)))
@@ -149,8 +151,17 @@ def _last_checkpoint(output_dir: Path, in_place: bool) -> Path | None:
     return None
 
 
+def _user_name() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
 def prepare(
-    resolved: Resolved, env: Mapping[str, str], opts: RunOptions, cwd: Path
+    resolved: Resolved, env: Mapping[str, str], opts: RunOptions, cwd: Path, view: gpus.HostGpus | None = None
 ) -> tuple[launchers.Command, dict[str, str], Path, list[str]]:
     """Every check that can refuse the run, then the exact command. Starts nothing."""
     try:
@@ -166,7 +177,7 @@ def prepare(
                 )
             ]
         ) from None
-    problems = hostcheck.check(resolved, env, cwd=cwd, path_of=paths)
+    problems = hostcheck.check(resolved, env, cwd=cwd, path_of=paths, view=view)
     output_dir = _output_dir(resolved, cwd)
     problems += hostcheck.check_output_dir(resolved, output_dir, opts.resume)
     launch = resolved.config.launch
@@ -205,12 +216,46 @@ def run(
     """Check, launch, supervise; return the training command's exit code (or 128+N)."""
     env = dict(os.environ)
     cwd = cwd or Path.cwd()
+    picker = _picker(env, opts, take=True)
+    try:
+        return _checked_run(target, overrides, opts, cwd, loaded, env, picker)
+    finally:
+        picker.leases.release()
+
+
+def _picker(env: Mapping[str, str], opts: RunOptions, take: bool) -> leases.Picker:
+    """Chooses (``--gpus auto``) and leases the run's GPUs; ``take`` false only looks."""
+    return leases.Picker(env, gpus.host_view, take=take, wait=opts.wait, say=_say, given=opts.leases)
+
+
+def _lease_listed(resolved: Resolved, picker: leases.Picker) -> None:
+    """Lease the GPUs a config lists (``auto`` leased its own while picking). GPUs this
+    machine does not have are left to the host check, which refuses them."""
+    listed = resolved.config.launch.gpus
+    if resolved.layout.use_cpu or not listed:
+        return
+    have = picker.view.ids
+    if have == []:
+        return
+    picker.lease([g for g in listed if have is None or g in have])
+
+
+def _checked_run(
+    target: str,
+    overrides: Overrides,
+    opts: RunOptions,
+    cwd: Path,
+    loaded: Loaded | None,
+    env: dict[str, str],
+    picker: leases.Picker,
+) -> int:
     visible = gpus.visible_gpus(env)
     resolved = (
-        resolve_loaded(loaded, overrides, env=env, visible=visible)
+        resolve_loaded(loaded, overrides, env=env, visible=visible, picker=picker)
         if loaded is not None
-        else resolve(target, overrides, env=env, visible=visible)
+        else resolve(target, overrides, env=env, visible=visible, picker=picker)
     )
+    _lease_listed(resolved, picker)
     if opts.resume:
         point = _resume_point(resolved, cwd)
         if _finished(point):
@@ -226,12 +271,22 @@ def run(
         raise RefusedError(problems=unusable)
     lock = _lock(_output_dir(resolved, cwd), run_id, in_place, opts.lock_fd)
     try:
-        cmd, _paths, output_dir, warnings = prepare(resolved, env, opts, cwd)
+        picker.leases.record(
+            {
+                "run_id": run_id,
+                "pid": os.getpid(),
+                "user": _user_name(),
+                "output_dir": str(_output_dir(resolved, cwd)),
+                "started_at": now_iso(),
+            }
+        )
+        cmd, _paths, output_dir, warnings = prepare(resolved, env, opts, cwd, picker.view)
         for warning in warnings:
             _say(f"warning: {warning}")
         if opts.detach:
-            # The background supervisor inherits the lock itself: no moment without it.
-            return _detach(target, overrides, opts, output_dir, run_id, lock)
+            # The background supervisor inherits the lock and the GPU leases themselves:
+            # no moment without them.
+            return _detach(target, overrides, opts, output_dir, run_id, lock, picker.leases)
         return _launch(target, resolved, cmd, env, opts, cwd, output_dir, run_id, in_place)
     finally:
         lock.release()
@@ -439,7 +494,13 @@ def _summary(record: RunRecord, outcome: supervise.Outcome, stats: Any, wall: fl
 
 
 def _detach(
-    target: str, overrides: Overrides, opts: RunOptions, output_dir: Path, run_id: str, lock: ownership.Held
+    target: str,
+    overrides: Overrides,
+    opts: RunOptions,
+    output_dir: Path,
+    run_id: str,
+    lock: ownership.Held,
+    held: leases.Leases,
 ) -> int:
     """Start `sftctl run` again in its own session, so the run survives this terminal."""
     staging = output_dir / STAGING / run_id
@@ -468,6 +529,8 @@ def _detach(
     if opts.resume:
         argv.append("--resume")
     argv += ["--lock-fd", str(lock.fd)]
+    if held.held:
+        argv += ["--leases", held.handed_down()]
     with open(staging / "supervisor.log", "ab") as err:
         proc = subprocess.Popen(
             argv,
@@ -476,7 +539,8 @@ def _detach(
             stderr=err,
             start_new_session=True,
             cwd=Path.cwd(),
-            pass_fds=(lock.fd,),  # the same open lock: flock holds while any holder lives
+            # The same open locks: an flock holds while any holder lives.
+            pass_fds=(lock.fd, *(lease.fd for lease in held.held)),
         )
     # Write a first manifest now, so `sftctl stop` works even before the background
     # supervisor has started up; the supervisor's own record replaces it.
@@ -645,7 +709,7 @@ def resume(run_dir: Path, opts: RunOptions) -> int:
     return run(
         data.get("target", str(run_dir)),
         Overrides(swift_version=str(data.get("swift_version"))),
-        RunOptions(grace=opts.grace, quiet=opts.quiet, resume=True),
+        RunOptions(grace=opts.grace, quiet=opts.quiet, resume=True, wait=opts.wait),
         cwd=Path(data.get("cwd") or Path.cwd()),
         loaded=loaded,
     )

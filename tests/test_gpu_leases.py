@@ -1,0 +1,287 @@
+"""`--gpus auto[:N]`, GPU leases and busy GPUs, with real sftctl processes and real flocks.
+
+The GPUs are a stand-in NVML (tests/procs/stand_in_nvml, a process-boundary double: these
+machines have no GPU) and `swift` is a stand-in that writes the CUDA_VISIBLE_DEVICES it
+was given and sleeps (it cannot train on GPUs that do not exist)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import REPO, clean_env, default_signals, sftctl_exe
+
+from sftctl.resources.leases import LeaseDirError, _ready
+from sftctl.runtime.ownership import marked
+
+pytestmark = pytest.mark.timeout(180)
+GIB = 1024**3
+STAND_IN = REPO / "tests" / "procs" / "stand_in_nvml"
+CONFIG = """\
+extends: cpu-smoke
+launch:
+  nproc_per_node: auto
+args:
+  model: ./model
+  dataset: [./data.jsonl]
+  use_cpu: false
+"""
+STAND_IN_SWIFT = """\
+#!/bin/sh
+# stand-in swift: records the GPUs it was given, then waits to be stopped
+echo "$CUDA_VISIBLE_DEVICES" > "$LEASE_TEST_RECORD/$SFTCTL_RUN_ID.tmp"
+mv "$LEASE_TEST_RECORD/$SFTCTL_RUN_ID.tmp" "$LEASE_TEST_RECORD/$SFTCTL_RUN_ID"
+exec sleep 120
+"""
+
+
+def gpu(i: int, **extra: Any) -> dict[str, Any]:
+    return {"name": "NVIDIA H200", "uuid": f"GPU-{i}{i}{i}{i}-bbbb", "total": 141 * GIB, "used": 0, **extra}
+
+
+class Host:
+    """A working folder on a stand-in 4-GPU machine, and the sftctl processes started there."""
+
+    def __init__(self, root: Path, machine: dict[str, Any]) -> None:
+        self.root = root
+        self.work = root / "work"
+        self.records = root / "records"
+        for folder in (self.work / "model", self.records, root / "bin"):
+            folder.mkdir(parents=True)
+        (self.work / "model" / "config.json").write_text("{}")
+        (self.work / "data.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+        (self.work / "run.yaml").write_text(CONFIG)
+        swift = root / "bin" / "swift"
+        swift.write_text(STAND_IN_SWIFT)
+        swift.chmod(0o755)
+        self.machine(machine)
+        self.env = clean_env(
+            STAND_IN_NVML=str(root / "machine.json"),
+            PYTHONPATH=str(STAND_IN),
+            LEASE_TEST_RECORD=str(self.records),
+            SFTCTL_LEASE_DIR=str(root / "leases"),
+            SFTCTL_CACHE=str(root / "cache"),
+            PATH=f"{root / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        )
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def machine(self, machine: dict[str, Any]) -> None:
+        (self.root / "machine.json").write_text(json.dumps(machine))
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[str]:
+        err = open(self.root / f"{name}.err", "w")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(
+            [*sftctl_exe(), "run", "run.yaml", "--quiet", "--set", f"output_dir=out-{name}", *args],
+            cwd=self.work,
+            env=self.env,
+            stdout=err,
+            stderr=subprocess.STDOUT,
+            text=True,
+            preexec_fn=default_signals,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def stderr(self, name: str) -> str:
+        return (self.root / f"{name}.err").read_text()
+
+    def sftctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*sftctl_exe(), *args], cwd=self.work, env=self.env, capture_output=True, text=True, timeout=60
+        )
+
+    def given(self, count: int, timeout: float = 60) -> dict[str, list[int]]:
+        """Wait until ``count`` stand-in trainings have started; run id -> their GPUs."""
+        deadline = time.monotonic() + timeout
+        while len(found := [p for p in self.records.iterdir() if not p.name.endswith(".tmp")]) < count:
+            assert time.monotonic() < deadline, [self.stderr(n.stem) for n in self.root.glob("*.err")]
+            time.sleep(0.1)
+        return {p.name: [int(g) for g in p.read_text().split(",")] for p in found}
+
+    def leases(self) -> dict[int, dict[str, Any] | None]:
+        out = self.sftctl("gpus", "--json")
+        assert out.returncode == 0, out.stderr
+        return {int(g["index"]): g["lease"] for g in json.loads(out.stdout)}
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            proc.wait(timeout=60)
+        for run_id in (p.name for p in self.records.iterdir()):
+            deadline = time.monotonic() + 60  # the watchdog of a SIGKILLed run ends its training
+            while marked(run_id):
+                assert time.monotonic() < deadline, f"run {run_id} left processes behind"
+                time.sleep(0.1)
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[Host]:
+    h = Host(tmp_path, {"gpus": [gpu(i) for i in range(4)]})
+    yield h
+    h.close()
+
+
+def test_two_runs_at_once_take_disjoint_gpus_a_third_is_refused_or_waits(host: Host) -> None:
+    a, b = host.start("a", "--gpus", "auto:2"), host.start("b", "--gpus", "auto:2")
+    given = host.given(2)
+    (first, gpus_a), (second, gpus_b) = sorted(given.items())
+    assert len(gpus_a) == len(gpus_b) == 2 and sorted(gpus_a + gpus_b) == [0, 1, 2, 3], given
+
+    # `sftctl gpus` names the run, its supervisor, the user and the output folder.
+    leases = host.leases()
+    for run_id, ids in given.items():
+        for i in ids:
+            who = leases[i]
+            assert who is not None and who["run_id"] == run_id, leases
+            assert who["pid"] in (a.pid, b.pid)
+            assert who["user"] == "root" or os.geteuid() != 0
+            assert who["output_dir"].startswith(str(host.work / "out-"))
+    table = host.sftctl("gpus")
+    assert table.returncode == 0 and f"run {first}" in table.stdout and f"run {second}" in table.stdout
+
+    refused = host.sftctl("run", "run.yaml", "--set", "output_dir=out-c", "--gpus", "auto:2")
+    text = refused.stdout + refused.stderr
+    assert refused.returncode == 1, text
+    assert "launch.gpus: --gpus auto needs 2 GPU(s)" in text
+    assert "0 of 4 free" in text and f"leased by run {first}" in text and "--wait" in text
+    assert "refused before launch: nothing was started" in text and "Traceback" not in text
+
+    waiter = host.start("d", "--gpus", "auto:2", "--wait")
+    deadline = time.monotonic() + 60
+    while "waiting for 2 free GPU(s)" not in host.stderr("d"):
+        assert time.monotonic() < deadline and waiter.poll() is None, host.stderr("d")
+        time.sleep(0.1)
+    holder_of_first = a if leases[gpus_a[0]]["pid"] == a.pid else b  # type: ignore[index]
+    other = b if holder_of_first is a else a
+    holder_of_first.send_signal(signal.SIGKILL)
+    holder_of_first.wait(timeout=10)
+    given = host.given(3, timeout=30)
+    (mine,) = set(given) - {first, second}
+    assert sorted(given[mine]) == sorted(gpus_a)
+
+    # A SIGKILLed supervisor's leases are free at once: nothing waits on a timeout.
+    other.send_signal(signal.SIGKILL)
+    other.wait(timeout=10)
+    leases = host.leases()
+    assert all(leases[i] is None for i in gpus_b), leases
+    assert all(leases[i] is not None and leases[i]["run_id"] == mine for i in gpus_a)  # type: ignore[index]
+
+
+def test_explicit_gpus_leased_by_another_run_are_refused(host: Host) -> None:
+    host.start("a", "--gpus", "1,2")
+    ((run_id, ids),) = host.given(1).items()
+    assert ids == [1, 2]
+    out = host.sftctl("run", "run.yaml", "--set", "output_dir=out-b", "--gpus", "2,3")
+    text = out.stdout + out.stderr
+    assert out.returncode == 1, text
+    assert f"launch.gpus: GPU 2 is leased by run {run_id} (pid" in text
+    assert "--gpus auto" in text and "refused before launch" in text
+    # validate --host says the same, without taking anything
+    check = host.sftctl("validate", "run.yaml", "--host", "--gpus", "2,3")
+    assert check.returncode == 1 and f"GPU 2 is leased by run {run_id}" in check.stdout + check.stderr
+    # auto picks around it
+    dry = host.sftctl("run", "run.yaml", "--gpus", "auto:2", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "CUDA_VISIBLE_DEVICES=0,3" in dry.stdout and "NPROC_PER_NODE=2" in dry.stdout
+
+
+def test_busy_gpus_warn_by_name_and_auto_goes_around_them(host: Host) -> None:
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        host.machine(
+            {
+                "gpus": [
+                    gpu(0, used=40 * GIB, processes=[{"pid": stranger.pid, "used": 40 * GIB}]),
+                    gpu(1, used=30 * GIB),  # memory in use, no process NVML can see
+                    gpu(2, mig=[gpu(9, total=70 * GIB)]),
+                    gpu(3),
+                ]
+            }
+        )
+        out = host.sftctl("run", "run.yaml", "--gpus", "auto", "--dry-run")
+        assert out.returncode == 0, out.stderr
+        assert "export CUDA_VISIBLE_DEVICES=3\n" in out.stdout
+        out = host.sftctl("run", "run.yaml", "--gpus", "auto:2", "--dry-run")
+        text = out.stdout + out.stderr
+        assert out.returncode == 1, text
+        assert "1 of 4 free" in text
+        assert f"GPU 0 is busy: processes pid {stranger.pid} (" in text and "40.0 GiB" in text
+        assert "GPU 1 is busy: 30.0 GiB of 141.0 GiB memory in use" in text
+        assert "GPU 2 is split into MIG devices" in text
+
+        host.start("a", "--gpus", "0")
+        host.given(1)
+        assert "warning: launch.gpus: GPU 0 is already in use: processes pid" in host.stderr("a")
+        assert "--gpus auto picks free GPUs" in host.stderr("a")
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_a_detached_run_keeps_its_leases(host: Host) -> None:
+    out = host.sftctl("run", "run.yaml", "--gpus", "auto:3", "--detach", "--set", "output_dir=out-a")
+    assert out.returncode == 0, out.stderr
+    ((run_id, ids),) = host.given(1).items()
+    assert len(ids) == 3
+    leases = host.leases()
+    holders = {leases[i]["pid"] for i in ids if leases[i]}  # type: ignore[index]
+    assert len(holders) == 1 and all(leases[i] and leases[i]["run_id"] == run_id for i in ids)  # type: ignore[index]
+    supervisor = holders.pop()
+    assert b"--leases" in Path(f"/proc/{supervisor}/cmdline").read_bytes()
+    # The training processes hold no lease: the supervisor's death alone frees the GPUs.
+    training = [pid for pid in marked(run_id) if pid != supervisor]
+    assert training
+    for pid in training:
+        opened = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+        assert not [f for f in opened if "leases" in f], opened
+    refused = host.sftctl("run", "run.yaml", "--gpus", "auto:2", "--set", "output_dir=out-b")
+    assert refused.returncode == 1 and "1 of 4 free" in refused.stderr
+    staging = next((host.work / "out-a" / ".sftctl").glob("*/"))
+    assert host.sftctl("stop", str(staging)).returncode == 0
+    assert all(v is None for v in host.leases().values())
+
+
+def test_render_refuses_auto_and_validate_checks_it_as_n_gpus(host: Host) -> None:
+    out = host.sftctl("render", "zero2-qwen3-8b", "--gpus", "auto:4")
+    assert out.returncode == 1
+    assert "launch.gpus: 'auto:4' picks free GPUs when `sftctl run` starts" in out.stderr
+    assert "--dry-run" in out.stderr
+    ok = host.sftctl("validate", "zero2-qwen3-8b", "--gpus", "auto:4")
+    assert ok.returncode == 0, ok.stderr
+    shown = host.sftctl("show", "zero2-qwen3-8b", "--gpus", "auto:4")
+    assert "nproc_per_node: 4" in shown.stdout and "launch.gpus auto:4" in shown.stdout
+    bad = host.sftctl("validate", "zero2-qwen3-8b", "--gpus", "auto:0")
+    assert bad.returncode == 1 and "'auto:0' asks for no GPU" in bad.stdout + bad.stderr
+
+
+def test_lease_folder_is_shared_and_refused_when_unsafe(tmp_path: Path) -> None:
+    made = _ready(tmp_path / "a" / "leases", default=False)
+    assert stat.S_IMODE(made.stat().st_mode) == 0o1777
+    link = tmp_path / "link"
+    link.symlink_to(made)
+    with pytest.raises(LeaseDirError, match="is not a folder"):
+        _ready(link, default=True)  # the shared default in /tmp must not be a link
+    if os.geteuid() == 0:
+        squatted = tmp_path / "squatted"
+        squatted.mkdir(mode=0o777)
+        os.chown(squatted, 65534, 65534)
+        with pytest.raises(LeaseDirError, match="belongs to another user and is not sticky"):
+            _ready(squatted, default=True)
+
+
+def test_an_unusable_lease_folder_is_one_refusal(host: Host) -> None:
+    (host.root / "not-a-folder").write_text("")
+    host.env["SFTCTL_LEASE_DIR"] = str(host.root / "not-a-folder")
+    out = host.sftctl("run", "run.yaml", "--gpus", "0")
+    assert out.returncode == 1
+    assert "SFTCTL_LEASE_DIR: GPU leases cannot be taken:" in out.stderr and "Traceback" not in out.stderr
