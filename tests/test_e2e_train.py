@@ -36,6 +36,7 @@ import pytest
 from conftest import clean_env, default_signals, hooked_processes, pause_hook, sftctl_exe
 
 import sftctl
+from sftctl.resources.params import human
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sftctl supervises via /proc")
 
@@ -405,11 +406,15 @@ def test_runs_and_show_read_the_run(full: Trained) -> None:
     assert rows[0]["status"] == "succeeded" and rows[0]["exit_code"] == 0
     assert rows[0]["run_dir"] == str(full.run_dir)
     assert rows[0]["last_checkpoint"] == str(full.run_dir / "checkpoint-16")
+    # Peak anonymous memory of the process tree: torch and ms-swift alone take hundreds of MB.
+    peak, per_process = m["peak_rss_bytes"], m["peak_process_rss_bytes"]
+    assert 200 * 2**20 < per_process <= peak < 8 * 2**30, (per_process, peak)
 
     table = sftctl_cmd(full.res.cwd, full.env, "runs", "output/cpu-smoke", timeout=CLI_S)
     assert_ok(table)
     assert full.run_dir.name in table.stdout and "succeeded" in table.stdout, table.stdout
     assert "checkpoint-16" in table.stdout
+    assert human(peak) in table.stdout, table.stdout
 
     for folder in (full.run_dir, Path(m["staging_dir"])):  # the pointer is followed
         shown = sftctl_cmd(full.res.cwd, full.env, "show", str(folder), timeout=CLI_S)

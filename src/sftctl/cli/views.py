@@ -10,6 +10,7 @@ from pathlib import Path
 from sftctl.config.presets import PresetInfo
 from sftctl.config.resolve import Overrides, Resolved, resolve
 from sftctl.config.yamlio import dump
+from sftctl.resources.params import human
 from sftctl.swift.dialect import RENAMED_3_TO_4
 from sftctl.util.text import one_line
 
@@ -120,10 +121,11 @@ def runs_table(output_dir: Path, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(box=None, header_style="bold")
-    for col in ("run", "id", "target", "status", "exit", "started", "wall s", "loss", "last checkpoint"):
+    table = Table(box=None, header_style="bold", padding=(0, 1, 0, 0))
+    columns = ("run", "id", "target", "status", "started", "wall s", "loss", "peak RSS", "last checkpoint")
+    for col in columns:
         # Folder names and ids are copied into other commands: never broken across lines.
-        table.add_column(col, overflow="fold", no_wrap=col in ("run", "id", "started", "last checkpoint"))
+        table.add_column(col, overflow="fold", no_wrap=col not in ("target",))
     for r in rows:
         loss = (
             f"{r['first_loss']:.3f} -> {r['last_loss']:.3f}"
@@ -131,20 +133,23 @@ def runs_table(output_dir: Path, as_json: bool) -> None:
             else ""
         )
         folder = r.get("run_dir") or r.get("staging_dir") or ""
+        status = effective_status(r)
+        if r.get("exit_code") not in (None, 0):
+            status += f" (exit {r['exit_code']})"
         cells = [
             Path(folder).name,
             # Runs of one add_version: false folder share it; the id tells them apart.
             str(r.get("run_id", "")),
             str(r.get("target", "")),
-            effective_status(r),
-            "" if r.get("exit_code") is None else str(r["exit_code"]),
-            str(r.get("started_at", "")),
+            status,
+            str(r.get("started_at", ""))[:19].replace("T", " "),
             str(r.get("wall_seconds", "")),
             loss,
+            human(r["peak_rss_bytes"]) if isinstance(r.get("peak_rss_bytes"), int) else "",
             Path(str(r.get("last_checkpoint") or "")).name,
         ]
         table.add_row(*(one_line(c) for c in cells))  # a record's text never drives the terminal
-    Console(width=max(120, Console().width)).print(table)
+    Console(width=max(140, Console().width)).print(table)
     if not rows:
         print(f"no runs recorded under {output_dir}")
 

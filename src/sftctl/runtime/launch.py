@@ -24,6 +24,7 @@ from sftctl.config.resolve import Overrides, Resolved, resolve, resolve_loaded
 from sftctl.config.yamlio import dump, load_text
 from sftctl.errors import ConfigError, LaunchError, RefusedError, errors_of
 from sftctl.resources import gpus, leases
+from sftctl.resources.params import human
 from sftctl.runtime import ownership, supervise, watchdog
 from sftctl.runtime.record import (
     LOG,
@@ -450,6 +451,9 @@ def _supervise(
         first_step=stats.first_step,
         last_step=stats.step,
         steps_per_second=stats.steps_per_second,
+        peak_rss_bytes=outcome.peak_rss,
+        peak_process_rss_bytes=outcome.peak_rss_process,
+        peak_gpu_memory_gib=stats.peak_memory_gib,
     )
     if mode != "quiet":
         _summary(record, outcome, stats, wall, list(tail))
@@ -488,6 +492,11 @@ def _summary(record: RunRecord, outcome: supervise.Outcome, stats: Any, wall: fl
         )
     if stats.steps_per_second:
         lines.append(f"  speed: {stats.steps_per_second:.3g} steps/s")
+    memory = [f"host RSS {human(outcome.peak_rss)} (all processes)"] if outcome.peak_rss else []
+    if stats.peak_memory_gib is not None:
+        memory.append(f"GPU {stats.peak_memory_gib:.2f} GiB (rank 0, ms-swift's memory(GiB))")
+    if memory:
+        lines.append(f"  peak memory: {', '.join(memory)}")
     lines.append(f"  wall time: {wall:.1f} s")
     lines.append(f"  run folder: {record.run_dir or record.staging} (manifest {record.manifest_path.name})")
     _say("\n".join(lines))

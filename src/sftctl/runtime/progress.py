@@ -73,6 +73,7 @@ class Stats:
     speed: str | None = None
     eta: str | None = None
     memory: str | None = None
+    peak_memory_gib: float | None = None  # the largest memory(GiB) ms-swift logged (rank 0)
     last_checkpoint: str | None = None
     train_runtime: float | None = None
     steps_per_second: float | None = None
@@ -108,6 +109,8 @@ class Stats:
                 )
             if key.startswith("memory"):
                 self.memory = f"{value} GiB"
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.peak_memory_gib = max(self.peak_memory_gib or 0.0, float(value))
         return True
 
     def steps_text(self) -> str:

@@ -67,6 +67,10 @@ class Outcome:
     ended_at: float
     leftovers: list[int]
     """Descendants still running when the leader exited on its own (then stopped)."""
+    peak_rss: int = 0
+    """The largest sampled sum of RssAnon over the tree's processes, in bytes."""
+    peak_rss_process: int = 0
+    """The largest sampled RssAnon of one process of the tree, in bytes."""
 
 
 class StartError(OSError):
@@ -165,6 +169,17 @@ class _Tree:
         # outside the tree never joins it later (descent comes only from fork), so
         # each poll reads the stat of tracked and new pids only, not of every process.
         self.foreign: set[int] = set()
+        self.peak_rss = 0  # bytes: the largest sum of RssAnon over the tree
+        self.peak_rss_process = 0  # bytes: the largest RssAnon of one process
+
+    def sample_memory(self) -> None:
+        """Note the tree's anonymous memory now (RssAnon: the heap, not mapped files)."""
+        total = 0
+        for pid in self.live():  # start times checked: never a reused pid's memory
+            rss = _rss_anon(pid)
+            total += rss
+            self.peak_rss_process = max(self.peak_rss_process, rss)
+        self.peak_rss = max(self.peak_rss, total)
 
     def scan(self) -> None:
         """Record every process now reachable from a live tracked one.
@@ -214,6 +229,18 @@ class _Tree:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
         return list(live)
+
+
+def _rss_anon(pid: int) -> int:
+    """A process's RssAnon in bytes (0 when it is gone or a zombie)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return 0
+    return 0
 
 
 def _wait_gone(tree: _Tree, timeout: float, poll_interval: float) -> bool:
@@ -385,6 +412,8 @@ def run_supervised(
             started_at=started_at,
             ended_at=time.time(),
             leftovers=leftovers,
+            peak_rss=tree.peak_rss,
+            peak_rss_process=tree.peak_rss_process,
         )
     except BaseException:
         # Our own failure (a callback raised, ...): leave nothing running behind us.
@@ -462,6 +491,7 @@ def _supervise(
             now = time.monotonic()
             if now >= next_scan:
                 tree.scan()
+                tree.sample_memory()
                 next_scan = now + poll_interval
             if rc is None:
                 rc = proc.poll()
