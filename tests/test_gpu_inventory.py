@@ -123,5 +123,5 @@ def test_host_checks_use_the_inventory(tmp_path: Path) -> None:
         "--set",
         "launch.nproc_per_node=2",
     )
-    assert out.returncode == 1 and "GPU id(s) [3] do not exist here (this machine has GPUs 0,1)" in out.stderr
+    assert out.returncode == 1 and "GPU id(s) [3] are not among the GPUs this run may use: 0,1" in out.stderr
     assert "no NVIDIA GPU" not in out.stderr

@@ -104,7 +104,7 @@ class Host:
         while len(found := [p for p in self.records.iterdir() if not p.name.endswith(".tmp")]) < count:
             assert time.monotonic() < deadline, [self.stderr(n.stem) for n in self.root.glob("*.err")]
             time.sleep(0.1)
-        return {p.name: [int(g) for g in p.read_text().split(",")] for p in found}
+        return {p.name: [int(g) for g in p.read_text().split(",") if g.strip()] for p in found}
 
     def leases(self) -> dict[int, dict[str, Any] | None]:
         out = self.sftctl("gpus", "--json")
@@ -152,13 +152,13 @@ def test_two_runs_at_once_take_disjoint_gpus_a_third_is_refused_or_waits(host: H
     refused = host.sftctl("run", "run.yaml", "--set", "output_dir=out-c", "--gpus", "auto:2")
     text = refused.stdout + refused.stderr
     assert refused.returncode == 1, text
-    assert "launch.gpus: --gpus auto needs 2 GPU(s)" in text
-    assert "0 of 4 free" in text and f"leased by run {first}" in text and "--wait" in text
+    assert "launch.gpus: --gpus auto:2: 2 free GPU(s) needed, 0 of 4 free" in text
+    assert f"leased by run {first}" in text and "--wait" in text
     assert "refused before launch: nothing was started" in text and "Traceback" not in text
 
     waiter = host.start("d", "--gpus", "auto:2", "--wait")
     deadline = time.monotonic() + 60
-    while "waiting for 2 free GPU(s)" not in host.stderr("d"):
+    while "--gpus auto:2: waiting, 2 free GPU(s) needed" not in host.stderr("d"):
         assert time.monotonic() < deadline and waiter.poll() is None, host.stderr("d")
         time.sleep(0.1)
     holder_of_first = a if leases[gpus_a[0]]["pid"] == a.pid else b  # type: ignore[index]
@@ -169,11 +169,13 @@ def test_two_runs_at_once_take_disjoint_gpus_a_third_is_refused_or_waits(host: H
     (mine,) = set(given) - {first, second}
     assert sorted(given[mine]) == sorted(gpus_a)
 
-    # A SIGKILLed supervisor's leases are free at once: nothing waits on a timeout.
+    # A SIGKILLed supervisor's leases are free as soon as its watchdog has ended the
+    # training (which holds them too): nothing waits on a timeout.
     other.send_signal(signal.SIGKILL)
     other.wait(timeout=10)
-    leases = host.leases()
-    assert all(leases[i] is None for i in gpus_b), leases
+    deadline = time.monotonic() + 10
+    while not all((leases := host.leases())[i] is None for i in gpus_b):
+        assert time.monotonic() < deadline, leases
     assert all(leases[i] is not None and leases[i]["run_id"] == mine for i in gpus_a)  # type: ignore[index]
 
 
@@ -214,7 +216,7 @@ def test_busy_gpus_warn_by_name_and_auto_goes_around_them(host: Host) -> None:
         out = host.sftctl("run", "run.yaml", "--gpus", "auto:2", "--dry-run")
         text = out.stdout + out.stderr
         assert out.returncode == 1, text
-        assert "1 of 4 free" in text
+        assert "2 free GPU(s) needed, 1 of 4 free" in text
         assert f"GPU 0 is busy: processes pid {stranger.pid} (" in text and "40.0 GiB" in text
         assert "GPU 1 is busy: 30.0 GiB of 141.0 GiB memory in use" in text
         assert "GPU 2 is split into MIG devices" in text
@@ -238,12 +240,12 @@ def test_a_detached_run_keeps_its_leases(host: Host) -> None:
     assert len(holders) == 1 and all(leases[i] and leases[i]["run_id"] == run_id for i in ids)  # type: ignore[index]
     supervisor = holders.pop()
     assert b"--leases" in Path(f"/proc/{supervisor}/cmdline").read_bytes()
-    # The training processes hold no lease: the supervisor's death alone frees the GPUs.
+    # The training command holds the leases too: they last while it does.
     training = [pid for pid in marked(run_id) if pid != supervisor]
     assert training
     for pid in training:
         opened = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
-        assert not [f for f in opened if "leases" in f], opened
+        assert [f for f in opened if "leases" in f], opened
     refused = host.sftctl("run", "run.yaml", "--gpus", "auto:2", "--set", "output_dir=out-b")
     assert refused.returncode == 1 and "1 of 4 free" in refused.stderr
     staging = next((host.work / "out-a" / ".sftctl").glob("*/"))
@@ -285,3 +287,53 @@ def test_an_unusable_lease_folder_is_one_refusal(host: Host) -> None:
     out = host.sftctl("run", "run.yaml", "--gpus", "0")
     assert out.returncode == 1
     assert "SFTCTL_LEASE_DIR: GPU leases cannot be taken:" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_an_inherited_cuda_visible_devices_limits_what_a_run_may_use(host: Host) -> None:
+    host.env["CUDA_VISIBLE_DEVICES"] = "GPU-2222-bbbb,3"
+    dry = host.sftctl("run", "run.yaml", "--gpus", "auto", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "export CUDA_VISIBLE_DEVICES=2,3\n" in dry.stdout
+    out = host.sftctl("run", "run.yaml", "--gpus", "0")
+    assert out.returncode == 1 and "are not among the GPUs this run may use: 2,3" in out.stderr
+    assert "(CUDA_VISIBLE_DEVICES='GPU-2222-bbbb,3')" in out.stderr
+    never = host.sftctl("run", "run.yaml", "--gpus", "auto:3", "--wait")
+    assert never.returncode == 1, never.stderr  # refused at once: waiting could never end
+    assert "this run may use 2 whole GPU(s)" in never.stderr and "never 3" in never.stderr
+    host.env["CUDA_VISIBLE_DEVICES"] = ""
+    listed = host.sftctl("gpus")
+    assert listed.returncode == 0 and "CUDA_VISIBLE_DEVICES='' hides all 4" in listed.stderr
+
+
+def test_hostile_lease_files_are_refusals_not_hangs_or_crashes(host: Host) -> None:
+    folder = host.root / "leases"
+    folder.mkdir(mode=0o1777)
+    os.mkfifo(folder / "gpu-GPU-1111-bbbb.lock")
+    (folder / "gpu-GPU-2222-bbbb.lock").write_text("[" * 100_000 + "]" * 100_000)
+    listed = host.sftctl("gpus", "--json")
+    assert listed.returncode == 0, listed.stderr
+    leases = {int(g["index"]): g["lease"] for g in json.loads(listed.stdout)}
+    assert leases[0] is None and leases[1] == {}  # unreadable: never shown as free
+    out = host.sftctl("run", "run.yaml", "--gpus", "1")
+    assert out.returncode == 1 and "SFTCTL_LEASE_DIR: GPU leases cannot be taken:" in out.stderr
+    assert "is not a regular file" in out.stderr and "internal error" not in out.stderr
+    ok = host.sftctl("run", "run.yaml", "--gpus", "2", "--dry-run")  # garbage text is no lease
+    assert ok.returncode == 0, ok.stderr
+    host.env["SFTCTL_LEASE_DIR"] = "relative/leases"
+    out = host.sftctl("run", "run.yaml", "--gpus", "0")
+    assert out.returncode == 1 and "'relative/leases' is a relative path" in out.stderr
+
+
+def test_a_cpu_run_takes_no_lease(host: Host) -> None:
+    out = host.sftctl("show", "cpu-smoke-ddp", "--gpus", "auto:2")
+    assert out.returncode == 0 and "no GPU picked (use_cpu is true" in out.stdout
+    host.start("a", "--gpus", "auto:2", "--set", "use_cpu=true")
+    host.given(1)
+    assert all(v is None for v in host.leases().values())
+
+
+def test_validate_host_exits_0_on_warnings_and_labels_them(host: Host) -> None:
+    host.machine({"gpus": [gpu(0, used=30 * GIB), gpu(1)]})
+    out = host.sftctl("validate", "run.yaml", "--host", "--gpus", "0")
+    assert out.returncode == 0, out.stderr
+    assert "run.yaml: warning: launch.gpus: GPU 0 is already in use: 30.0 GiB" in out.stderr

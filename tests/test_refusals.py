@@ -175,7 +175,7 @@ def test_gpu_ids_that_do_not_exist(sandbox: tuple[Path, dict[str, str], Path], t
     work, env, marker = sandbox
     env["PATH"] = stand_in_nvidia_smi(tmp_path / "stand-in-nvidia-smi", [0, 1]) + os.pathsep + env["PATH"]
     out = _run(work, env, "cpu-smoke", "--gpus", "0,5", "--set", "launch.nproc_per_node=2")
-    _refused(out, marker, "GPU id(s) [5] do not exist here", "--gpus 0,1")
+    _refused(out, marker, "GPU id(s) [5] are not among the GPUs this run may use", "--gpus 0,1")
 
 
 def test_inside_a_slurm_job_its_gpus_are_the_hosts(
@@ -187,4 +187,4 @@ def test_inside_a_slurm_job_its_gpus_are_the_hosts(
     )
     env.update(SLURM_JOB_ID="42", CUDA_VISIBLE_DEVICES="2,3")
     out = _run(work, env, "cpu-smoke", "--gpus", "0,1", "--set", "launch.nproc_per_node=2")
-    _refused(out, marker, "GPU id(s) [0, 1] do not exist here", "--gpus 2,3")
+    _refused(out, marker, "GPU id(s) [0, 1] are not among the GPUs this run may use: 2,3", "--gpus 2,3")

@@ -150,25 +150,35 @@ def check_gpus(
     view = view or host_view(env)
     host = view.ids
     if host == []:
+        none = (
+            f"the inherited CUDA_VISIBLE_DEVICES={view.limited_by!r} makes no GPU visible"
+            if view.limited_by is not None
+            else "this machine has no NVIDIA GPU (NVML and nvidia-smi find none)"
+        )
         return [
             report(
                 "H015",
                 "launch.gpus",
-                f"this machine has no NVIDIA GPU (NVML and nvidia-smi find none), but the config trains "
-                f"on GPUs ({resolved.layout.description})",
-                "run it on a GPU node; to train on the CPU set use_cpu: true and launch.gpus: '' "
-                "(as the cpu-smoke presets do)",
+                f"{none}, but the config trains on GPUs ({resolved.layout.description})",
+                "run it on a GPU node (or unset CUDA_VISIBLE_DEVICES); to train on the CPU set "
+                "use_cpu: true and launch.gpus: '' (as the cpu-smoke presets do)",
             )
         ]
     missing = [g for g in gpus or [] if host is not None and g not in host]
-    if missing:
-        have = ",".join(str(g) for g in host or [])
+    split = [g for g in gpus or [] if g in view.mig]
+    if missing or split:
+        have = ",".join(str(g) for g in host or [] if g not in view.mig)
+        what = (
+            f"GPU id(s) {missing} are not among the GPUs this run may use: {have or 'none'}{view.where()}"
+            if missing
+            else f"GPU(s) {split} are split into MIG devices and cannot be used whole"
+        )
         return [
             report(
                 "H016",
                 "launch.gpus",
-                f"GPU id(s) {missing} do not exist here (this machine has GPUs {have})",
-                f"pass --gpus with ids from `sftctl gpus`, e.g. --gpus {have}",
+                what,
+                f"pass --gpus with ids from `sftctl gpus`, e.g. --gpus {have}" if have else "see sftctl gpus",
             )
         ]
     problems = []
@@ -179,7 +189,7 @@ def check_gpus(
                     "H018",
                     "launch.gpus",
                     f"GPU {g} is leased by {describe_holder(leased[g])}",
-                    "pick free GPUs with --gpus auto (or auto:N), wait with --wait, or stop that run",
+                    "wait with --wait, stop that run, or take free GPUs (sftctl run ... --gpus auto:N)",
                 )
             )
         elif busy := view.busy(g):

@@ -75,7 +75,10 @@ def _internal_error(exc: Exception) -> int:
     text = "".join(traceback.format_exception(exc))
     log = Path(tempfile.gettempdir()) / f"sftctl-crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     try:
-        log.write_text(text, encoding="utf-8")
+        # A new file only: a name planted in a shared /tmp (a link) is never written through.
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
         where = f"; details in {log}"
     except OSError:
         where = ""

@@ -10,7 +10,7 @@ import typer
 
 from sftctl.cli.boundary import boundary, err
 from sftctl.cli.options import JsonOpt, TargetSpec, target_command
-from sftctl.errors import EXIT_INVALID, EXIT_USAGE, UsageError
+from sftctl.errors import EXIT_INVALID, EXIT_USAGE, UsageError, errors_of
 
 
 def register(app: typer.Typer) -> None:
@@ -89,14 +89,14 @@ def validate(
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check configs; print every problem as 'location: message'. Exit 1 if any."""
+    """Check configs; print every problem as 'location: message'. Exit 1 if any is an error."""
     from sftctl.checks.validate import validate_many
 
     with boundary():
         if not spec.targets:
             raise UsageError("give at least one TARGET: a preset name, --preset NAME or --config FILE")
         results = validate_many(spec.targets, spec.overrides(), host=host)
-        bad = {t: probs for t, probs in results.items() if probs}
+        bad = {t: errors_of(probs) for t, probs in results.items() if errors_of(probs)}
         if as_json:
             print(
                 json.dumps(
@@ -112,7 +112,8 @@ def validate(
                 for problem in probs:
                     # A problem of the file itself is located at the file: name it once.
                     shown = replace(problem, location="") if problem.location == t else problem
-                    err(f"{t}: {shown.render()}")
+                    label = "warning: " if problem.severity == "warning" else ""
+                    err(f"{t}: {label}{shown.render()}")
         if bad:
             # One target whose ms-swift version is unsupported: the usage error it would be alone.
             only = next(iter(bad.values())) if len(results) == 1 else []

@@ -36,8 +36,18 @@ def gpus(as_json: JsonOpt = False) -> None:
             print(json.dumps([{**g.as_dict(), "lease": lease_of(g.index)} for g in found.gpus], indent=2))
             return
         if not found.gpus:
-            why = f" ({found.note})" if found.note else ""
-            print(f"no NVIDIA GPU here{why}", file=sys.stderr)
+            hidden = (
+                "CUDA_VISIBLE_DEVICES" in os.environ
+                and inventory({k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}).gpus
+            )
+            if hidden:
+                value = one_line(os.environ["CUDA_VISIBLE_DEVICES"])
+                print(
+                    f"no GPU visible: CUDA_VISIBLE_DEVICES={value!r} hides all {len(hidden)}", file=sys.stderr
+                )
+            else:
+                why = f" ({found.note})" if found.note else ""
+                print(f"no NVIDIA GPU here{why}", file=sys.stderr)
             return
         from rich.console import Console
         from rich.table import Table

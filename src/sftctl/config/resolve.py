@@ -299,7 +299,9 @@ def _follow_gpus(loaded: Loaded, before: tuple[int, int] | None, ov: Overrides) 
             if gpus in ("", []):  # a CPU run: one process unless said otherwise
                 launch["nproc_per_node"] = 1
                 return ["nproc_per_node auto: 1 process (no GPU listed: a CPU run)"]
-            return []  # left as 'auto': the schema says what to write
+            if gpus is not None:
+                launch["nproc_per_node"] = 1  # the GPU list is wrong: that is the one problem to say
+            return []  # no GPU list: left as 'auto', the schema says what to write
         launch["nproc_per_node"] = listed
         return [f"nproc_per_node auto: {listed} process(es), one per listed GPU"]
     if explicit or ov.gpus is None or before is None or listed is None:
@@ -331,20 +333,36 @@ def _pick_gpus(
         return []
     match = _AUTO.match(value.strip().lower())
     if match is None:
+        if value.strip().lower().startswith("auto"):
+            problems.append(
+                report(
+                    "C002",
+                    "launch.gpus",
+                    f"'{value}' is not auto or auto:N",
+                    "write auto, or auto:N with N >= 1",
+                )
+            )
+            del launch["gpus"]  # said once: no follow-on layout problems
         return []
     count = int(match.group(1)) if match.group(1) else None
     where = loaded.origin.get("launch.gpus", "config")
     if count == 0:
         problems.append(
-            report("C002", "launch.gpus", f"'{value}' asks for no GPU", "write auto:N (N >= 1), or ''")
+            report("C002", "launch.gpus", f"'{value}' asks for no GPU", "write auto:N with N >= 1")
         )
-        del launch["gpus"]  # said once: no follow-on layout problems
+        del launch["gpus"]
         return []
+    args = loaded.data.get("args")
+    if isinstance(args, dict) and str(args.get("use_cpu")).lower() in ("true", "1", "yes"):
+        launch["gpus"] = ""
+        return [f"launch.gpus {value}: no GPU picked (use_cpu is true: the run trains on the CPU)"]
     per = before[0] // before[1] if before and before[0] % before[1] == 0 else 1
     nproc = launch.get("nproc_per_node")
     explicit = any(item.split("=", 1)[0].strip() == "launch.nproc_per_node" for item in ov.sets)
     if count is None and isinstance(nproc, int) and not isinstance(nproc, bool) and (explicit or not before):
         count = nproc * per
+    if isinstance(picker, Unpicked) and count is None and before:
+        count = before[0]  # checked as the config's own GPU count; run takes every free one
     if isinstance(picker, Unpicked) and picker.refuse:
         problems.append(
             report(

@@ -49,9 +49,14 @@ def visible_gpus(env: Mapping[str, str]) -> list[int] | None:
 class HostGpus:
     """The GPUs a run on this machine may use, with NVML's description where it has one."""
 
-    ids: list[int] | None  # None: cannot be known; []: no NVIDIA GPU here
+    ids: list[int] | None  # None: cannot be known; []: no NVIDIA GPU here (or none visible)
     described: dict[int, Gpu] = field(default_factory=dict)  # whole GPUs by index (NVML)
     mig: frozenset[int] = frozenset()  # GPUs split into MIG devices
+    limited_by: str | None = None  # the inherited CUDA_VISIBLE_DEVICES that limits ids
+
+    def where(self) -> str:
+        """How the GPUs a run may use were limited, for messages."""
+        return f" (CUDA_VISIBLE_DEVICES={self.limited_by!r})" if self.limited_by is not None else ""
 
     def busy(self, index: int) -> str | None:
         """Why GPU ``index`` is in use by someone already (processes, memory), or None."""
@@ -73,29 +78,45 @@ class HostGpus:
         return "; ".join(why) or None
 
 
+def _named(value: str, described: dict[int, Gpu]) -> list[int] | None:
+    """The GPU indices a CUDA_VISIBLE_DEVICES value names (indices or GPU- UUIDs), as CUDA
+    reads it: the list ends at the first entry that names no GPU. None: cannot be told."""
+    out: list[int] = []
+    for item in (x.strip() for x in value.split(",")):
+        if item.isdigit() and (not described or int(item) in described):
+            index: int | None = int(item)
+        elif item.startswith("GPU-") and described:
+            index = next((i for i, g in described.items() if g.uuid.startswith(item)), None)
+        elif not described and item.startswith(("GPU-", "MIG-")):
+            return None  # UUIDs without NVML to resolve them
+        else:
+            index = None
+        if index is None:
+            break
+        if index not in out:
+            out.append(index)
+    return out
+
+
 def host_view(env: Mapping[str, str]) -> HostGpus:
-    """The GPUs that exist for this run: inside a Slurm job the job's GPUs, else every GPU
-    NVML (or, without NVML, nvidia-smi) lists. An inherited CUDA_VISIBLE_DEVICES does not
-    limit them outside Slurm: the rendered CUDA_VISIBLE_DEVICES replaces it."""
+    """The GPUs a run on this machine may use: every GPU NVML (or, without NVML,
+    nvidia-smi) lists, limited by an inherited CUDA_VISIBLE_DEVICES (inside a Slurm job,
+    that is the job's GPUs). The ids are the machine's: the rendered CUDA_VISIBLE_DEVICES
+    replaces the inherited one."""
     from sftctl.resources.nvml import inventory
 
     bare = {k: v for k, v in env.items() if k != "CUDA_VISIBLE_DEVICES"}
     found = inventory(bare)
     described = {int(g.index): g for g in found.gpus if not g.mig}
     mig = frozenset(int(g.index.split(":")[0]) for g in found.gpus if g.mig)
-    if env.get("SLURM_JOB_ID") and "CUDA_VISIBLE_DEVICES" in env:
-        try:
-            ids: list[int] | None = parse_gpus(env["CUDA_VISIBLE_DEVICES"])
-        except ValueError:
-            ids = None
-    elif described:
-        ids = sorted(described)
-    else:
-        # No NVML answer (no driver library, or an old driver): ask nvidia-smi.
-        ids = visible_gpus(bare)
+    limit = env.get("CUDA_VISIBLE_DEVICES")
+    if limit is not None:
+        return HostGpus(_named(limit, described), described, mig, limit)
+    # No NVML answer (no driver library, or an old driver): ask nvidia-smi.
+    ids = sorted(described) if described else visible_gpus(bare)
     return HostGpus(ids, described, mig)
 
 
 def host_gpus(env: Mapping[str, str]) -> list[int] | None:
-    """The GPU indices that exist for this run ([] when there is none; None: unknown)."""
+    """The GPU indices a run may use ([] when there is none; None: unknown)."""
     return host_view(env).ids

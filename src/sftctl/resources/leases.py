@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import hashlib
 import json
 import os
 import re
@@ -49,6 +50,9 @@ def lease_dir(env: Mapping[str, str]) -> Path:
 
 def _ready(path: Path, default: bool) -> Path:
     """The lease folder, created shared (1777) if missing, refused when it is unsafe."""
+    if not path.is_absolute():
+        # Each working folder would get a lease folder of its own: no exclusion at all.
+        raise LeaseDirError(f"{str(path)!r} is a relative path; use an absolute path")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         os.mkdir(path, 0o1777)
@@ -76,7 +80,10 @@ def _ready(path: Path, default: bool) -> Path:
 def key_of(index: int, view: HostGpus) -> str:
     """The lease name of GPU ``index``: its UUID when known, else its index."""
     gpu = view.described.get(index)
-    return _UNSAFE.sub("_", gpu.uuid) if gpu and gpu.uuid else f"index-{index}"
+    if not (gpu and gpu.uuid):
+        return f"index-{index}"
+    key = _UNSAFE.sub("_", gpu.uuid)
+    return key if len(key) <= 80 else "uuid-" + hashlib.sha256(gpu.uuid.encode()).hexdigest()[:32]
 
 
 def _path(folder: Path, key: str) -> Path:
@@ -109,6 +116,10 @@ class Leases:
                 os.ftruncate(lease.fd, 0)
                 os.pwrite(lease.fd, text, 0)
 
+    def fds(self) -> tuple[int, ...]:
+        """The descriptors, for a child process that must hold the leases too."""
+        return tuple(lease.fd for lease in self.held)
+
     def handed_down(self) -> str:
         """``gpu=fd,...``: how a detached run's background supervisor is told what it inherits."""
         return ",".join(f"{lease.gpu}={lease.fd}" for lease in self.held)
@@ -130,31 +141,60 @@ def inherited(spec: str) -> Leases:
     return out
 
 
+def _open(path: Path, flags: int) -> int:
+    """A lease file, opened without following links or blocking (a planted FIFO would
+    hang the open); anything but a regular file is refused."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o666)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise LeaseDirError(f"cannot open {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise LeaseDirError(f"{path} is not a regular file")
+    return fd
+
+
 def _take(folder: Path, gpu: int, key: str) -> Lease | None:
     """Lease GPU ``gpu`` now, or None when another run holds it."""
     path = _path(folder, key)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
-    except OSError as exc:
-        raise LeaseDirError(f"cannot open {path}: {exc.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    with contextlib.suppress(OSError):
-        if os.fstat(fd).st_uid == os.geteuid():
-            os.fchmod(fd, 0o666)  # every user of the host leases through the same file
-        os.ftruncate(fd, 0)  # the previous holder's name is not this run's
-    return Lease(gpu, fd)
+    for attempt in range(5):
+        try:
+            fd = _open(path, os.O_RDWR | os.O_CREAT)
+        except FileNotFoundError:
+            raise LeaseDirError(f"{folder} disappeared") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            # `sftctl gpus` and the pickers look with a shared lock held for a moment:
+            # only a lock that stays is a lease.
+            if attempt == 4:
+                return None
+            time.sleep(0.02)
+            continue
+        try:
+            same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+        except OSError:
+            same = False
+        if not same:  # the file was removed or replaced after we opened it: lock the new one
+            os.close(fd)
+            continue
+        with contextlib.suppress(OSError):
+            if os.fstat(fd).st_uid == os.geteuid():
+                os.fchmod(fd, 0o666)  # every user of the host leases through the same file
+            os.ftruncate(fd, 0)  # the previous holder's name is not this run's
+        return Lease(gpu, fd)
+    raise LeaseDirError(f"{path} keeps being replaced while it is locked")
 
 
 def holder(folder: Path, key: str) -> dict[str, Any] | None:
     """Who leases GPU ``key`` (the fields it wrote; {} if unreadable), or None when it is free."""
     try:
-        fd = os.open(_path(folder, key), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None  # never leased (or not a lease file): free as far as sftctl knows
+        fd = _open(_path(folder, key), os.O_RDONLY)
+    except FileNotFoundError:
+        return None  # never leased
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -163,7 +203,7 @@ def holder(folder: Path, key: str) -> dict[str, Any] | None:
             pass
         try:
             data = json.loads(os.pread(fd, 4096, 0).decode("utf-8", errors="replace"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return {}
         if not isinstance(data, dict):
             return {}
@@ -186,19 +226,31 @@ def describe_holder(who: Mapping[str, Any]) -> str:
     return f"run {who['run_id']}" + (f" ({', '.join(details)})" if details else "")
 
 
+PICK_TIMEOUT = 60.0
+
+
 @contextlib.contextmanager
 def _picking(folder: Path) -> Iterator[None]:
-    """One run at a time chooses GPUs, so two runs started together get disjoint ones."""
+    """One run at a time chooses GPUs, so two runs started together get disjoint ones.
+    Choosing takes milliseconds: a pick lock held for a minute is held by something else."""
     path = folder / ".pick"
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
-    except OSError as exc:
-        raise LeaseDirError(f"cannot open {path}: {exc.strerror}") from None
+    fd = _open(path, os.O_RDWR | os.O_CREAT)
     try:
         with contextlib.suppress(OSError):
             if os.fstat(fd).st_uid == os.geteuid():
                 os.fchmod(fd, 0o666)
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        deadline = time.monotonic() + PICK_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LeaseDirError(
+                        f"{path} has been locked for {PICK_TIMEOUT:.0f} s by a process that is not "
+                        "choosing GPUs"
+                    ) from None
+                time.sleep(0.05)
         yield
     finally:
         os.close(fd)
@@ -206,6 +258,24 @@ def _picking(folder: Path) -> Iterator[None]:
 
 def _ids(ids: list[int]) -> str:
     return ",".join(str(i) for i in ids)
+
+
+def _no_lease_dir(exc: LeaseDirError) -> RefusedError:
+    return RefusedError(
+        problems=[
+            report(
+                "H020",
+                LEASE_DIR_ENV,
+                f"GPU leases cannot be taken: {exc}",
+                f"set {LEASE_DIR_ENV} to an absolute path of a folder every user of this machine "
+                "can write (mode 1777)",
+            )
+        ]
+    )
+
+
+def _too_few(asked: str, why: str, fix: str) -> RefusedError:
+    return RefusedError(problems=[report("H019", "launch.gpus", f"{asked}: {why}", fix)])
 
 
 class Picker:
@@ -244,60 +314,51 @@ class Picker:
     def __call__(self, count: int | None, multiple: int) -> list[int]:
         if self.leases.held:
             return self.leases.gpus  # a detached run's parent picked them
+        asked = f"--gpus auto:{count}" if count else "--gpus auto"
         ids = self.view.ids
         if not ids:
-            raise RefusedError(
-                problems=[
-                    report(
-                        "H019",
-                        "launch.gpus",
-                        "--gpus auto has no GPU to pick: "
-                        + ("this machine has no NVIDIA GPU" if ids == [] else "the GPU list is unknown"),
-                        "run it on a GPU node; on the CPU, drop --gpus auto "
-                        "(use_cpu: true and launch.gpus: '', as the cpu-smoke presets have)",
-                    )
-                ]
+            none = (
+                f"CUDA_VISIBLE_DEVICES={self.view.limited_by!r} makes no GPU visible"
+                if self.view.limited_by is not None
+                else "this machine has no NVIDIA GPU"
+                if ids == []
+                else "the GPU list cannot be known"
+            )
+            raise _too_few(
+                asked,
+                f"no GPU to pick ({none})",
+                "run it on a GPU node; on the CPU, drop --gpus auto (use_cpu: true and "
+                "launch.gpus: '', as the cpu-smoke presets have)",
+            )
+        whole = [i for i in ids if i not in self.view.mig]
+        if count and count > len(whole):
+            raise _too_few(
+                asked,
+                f"this run may use {len(whole)} whole GPU(s){self.view.where()}, never {count}",
+                f"ask for at most auto:{len(whole)}",
             )
         told = False
         while True:
-            picked, why_not = self._try_pick(ids, count, multiple)
+            try:
+                picked, why_not = self._try_pick(ids, count, multiple)
+            except LeaseDirError as exc:
+                raise _no_lease_dir(exc) from None
             if picked:
                 return picked
             if not self.wait:
-                want = f"{count} GPU(s)" if count else "a free GPU"
-                raise RefusedError(
-                    problems=[
-                        report(
-                            "H019",
-                            "launch.gpus",
-                            f"--gpus auto needs {want}; none free enough here: {why_not}",
-                            "wait for them with --wait, ask for fewer (auto:N), or name GPUs with --gpus",
-                        )
-                    ]
+                raise _too_few(
+                    asked,
+                    why_not,
+                    "wait for them with --wait, ask for fewer (auto:N), or name GPUs with --gpus",
                 )
             if not told:
-                self.say(f"sftctl: waiting for {count or 'any'} free GPU(s): {why_not}")
+                self.say(f"sftctl: {asked}: waiting, {why_not}")
                 told = True
             time.sleep(POLL_SECONDS)
 
-    def _folder(self) -> Path:
-        try:
-            return _ready(self.folder, self._default)
-        except LeaseDirError as exc:
-            raise RefusedError(
-                problems=[
-                    report(
-                        "H020",
-                        LEASE_DIR_ENV,
-                        f"GPU leases cannot be taken: {exc}",
-                        f"set {LEASE_DIR_ENV} to a folder every user of this machine can write (mode 1777)",
-                    )
-                ]
-            ) from None
-
     def _try_pick(self, ids: list[int], count: int | None, multiple: int) -> tuple[list[int], str]:
         """The GPUs picked (and leased when ``take``), or [] and why not."""
-        folder = self._folder()
+        folder = _ready(self.folder, self._default)
         reasons: list[str] = []
         with _picking(folder) if self.take else contextlib.nullcontext():
             free: list[int] = []
@@ -309,8 +370,10 @@ class Picker:
                     free.append(i)
             want = count if count else len(free) - len(free) % max(multiple, 1)
             if want <= 0 or len(free) < want:
-                have = f"{len(free)} of {len(ids)} free"
-                return [], "; ".join([have, *reasons])
+                need = f"{count} free GPU(s) needed" if count else "no free GPU"
+                if not count and free:
+                    need = f"a multiple of {multiple} free GPUs needed (one process per {multiple})"
+                return [], "; ".join([f"{need}, {len(free)} of {len(ids)} free", *reasons])
             chosen = free[:want]
             if not self.take:
                 return chosen, ""
@@ -333,19 +396,23 @@ class Picker:
 
     def lease(self, ids: list[int]) -> None:
         """Lease the GPUs a config lists, or refuse naming the runs that hold them."""
-        if not self.take or self.leases.held:
+        if not self.take or self.leases.held or not ids:
             return
-        folder = self._folder()
         told = False
         while True:
             held: list[str] = []
-            for i in ids:
-                lease = _take(folder, i, key_of(i, self.view))
-                if lease is None:
-                    who = holder(folder, key_of(i, self.view)) or {}
-                    held.append(f"GPU {i} is leased by {describe_holder(who)}")
-                else:
-                    self.leases.held.append(lease)
+            try:
+                folder = _ready(self.folder, self._default)
+                for i in ids:
+                    lease = _take(folder, i, key_of(i, self.view))
+                    if lease is None:
+                        who = holder(folder, key_of(i, self.view)) or {}
+                        held.append(f"GPU {i} is leased by {describe_holder(who)}")
+                    else:
+                        self.leases.held.append(lease)
+            except LeaseDirError as exc:
+                self.leases.release()
+                raise _no_lease_dir(exc) from None
             if not held:
                 return
             self.leases.release()
@@ -356,7 +423,8 @@ class Picker:
                             "H018",
                             "launch.gpus",
                             "; ".join(held),
-                            "pick free GPUs with --gpus auto (or auto:N), wait with --wait, or stop that run",
+                            "wait with --wait, stop that run, or take free GPUs "
+                            "(sftctl run ... --gpus auto:N)",
                         )
                     ]
                 )
@@ -367,11 +435,15 @@ class Picker:
 
 
 def holders(env: Mapping[str, str], view: HostGpus) -> dict[int, dict[str, Any]]:
-    """Who leases each of this machine's GPUs (only the leased ones)."""
+    """Who leases each of this machine's GPUs (only the leased ones). A lease file that
+    cannot be read as one is reported as held by an unknown holder: never as free."""
     folder = lease_dir(env)
     out: dict[int, dict[str, Any]] = {}
     for i in view.ids or []:
-        who = holder(folder, key_of(i, view))
+        try:
+            who = holder(folder, key_of(i, view))
+        except LeaseDirError:
+            who = {}
         if who is not None:
             out[i] = who
     return out

@@ -132,7 +132,9 @@ def dry_run_text(target: str, overrides: Overrides, opts: RunOptions, cwd: Path 
     """Exactly what ``run`` would start, as a script (the checkpoint ``--resume`` picks included)."""
     from sftctl import render
 
-    resolved = resolve(target, overrides, env=os.environ, picker=_picker(os.environ, opts, take=False))
+    # A dry run shows the GPUs free now; it neither leases nor waits for them.
+    looking = RunOptions(**{**opts.__dict__, "wait": False})
+    resolved = resolve(target, overrides, env=os.environ, picker=_picker(os.environ, looking, take=False))
     if opts.resume:
         _resume_point(resolved, cwd or Path.cwd())
     return render.to_sh(resolved, launchers.build(resolved, builtin_paths(resolved)))
@@ -288,7 +290,7 @@ def _checked_run(
             # The background supervisor inherits the lock and the GPU leases themselves:
             # no moment without them.
             return _detach(target, overrides, opts, output_dir, run_id, lock, picker.leases)
-        return _launch(target, resolved, cmd, env, opts, cwd, output_dir, run_id, in_place)
+        return _launch(target, resolved, cmd, env, opts, cwd, output_dir, run_id, in_place, picker.leases)
     finally:
         lock.release()
 
@@ -346,6 +348,7 @@ def _launch(
     output_dir: Path,
     run_id: str,
     in_place: bool,
+    held: leases.Leases,
 ) -> int:
     """Record, start and supervise the command; the output folder's lock is held by the caller."""
 
@@ -384,7 +387,7 @@ def _launch(
     guard = watchdog.start(run_id, record.staging, opts.grace)
     record.data["watchdog"] = [guard.proc.pid, _start_of(guard.proc.pid)]
     try:
-        return _supervise(cmd, env, opts, cwd, record, mode, run_id, wall)
+        return _supervise(cmd, env, opts, cwd, record, mode, run_id, wall, held)
     finally:
         guard.done()
 
@@ -398,8 +401,11 @@ def _supervise(
     mode: str,
     run_id: str,
     wall: float,
+    held: leases.Leases,
 ) -> int:
-    """Run the command under supervision and finish its record."""
+    """Run the command under supervision and finish its record. The training command
+    holds the GPU leases too: they last while any of its processes does, even if the
+    supervisor and its watchdog are both killed."""
     from sftctl.runtime.progress import Follower
 
     def started(pid: int) -> None:
@@ -424,6 +430,7 @@ def _supervise(
                 grace=opts.grace,
                 on_start=started,
                 on_line=on_line,
+                pass_fds=held.fds(),
             )
     except supervise.StartError as exc:
         record.finish(status="failed to start", exit_code=None, error=str(exc))

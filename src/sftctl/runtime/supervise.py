@@ -345,6 +345,7 @@ def run_supervised(
     poll_interval: float = 0.2,
     on_start: Callable[[int], None] | None = None,
     leftover_grace: float = 5.0,
+    pass_fds: tuple[int, ...] = (),
 ) -> Outcome:
     """Run `argv` with exactly `env` in a new session and supervise its process tree.
 
@@ -355,7 +356,8 @@ def run_supervised(
     whole tree; after `grace` seconds, or at a second signal, survivors get
     SIGKILL. If the leader exits on its own while descendants still run (the
     `swift` launcher orphans its child), those get SIGTERM, then SIGKILL after
-    `leftover_grace`. Raises StartError if the command cannot be started.
+    `leftover_grace`. `pass_fds` are handed to the command (locks it must hold while it
+    lives). Raises StartError if the command cannot be started.
     """
     pending: list[int] = []
     wake_r, wake_w = os.pipe()
@@ -391,6 +393,7 @@ def run_supervised(
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                pass_fds=pass_fds,
             )
         except OSError as exc:
             raise StartError(exc.errno, exc.strerror, exc.filename) from exc
