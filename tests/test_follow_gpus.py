@@ -5,6 +5,7 @@ explicit --set launch.nproc_per_node always wins."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -58,8 +59,13 @@ def test_show_says_that_it_followed() -> None:
     assert "nproc_per_node: 4  # --gpus" in out.stdout
 
 
-def test_auto_without_a_gpu_list_says_what_to_write() -> None:
-    out = RUNNER.invoke(
-        app, ["validate", "lora-7b", "--model", "org/m", "--set", "launch.nproc_per_node=auto"]
-    )
+def test_auto_without_a_gpu_list_says_what_to_write(tmp_path: Path) -> None:
+    config = tmp_path / "no-gpus.yaml"
+    config.write_text("extends: lora-7b\nlaunch:\n  gpus: null\n  nproc_per_node: auto\n")
+    out = RUNNER.invoke(app, ["validate", str(config), "--model", "org/m"])
     assert out.exit_code == 1 and "auto (one per GPU) with launch.gpus listed" in out.output
+
+
+def test_auto_with_one_gpu_written_as_a_number_is_one_process() -> None:
+    out = RUNNER.invoke(app, ["show", "lora-7b", "--model", "org/m", "--set", "launch.nproc_per_node=auto"])
+    assert out.exit_code == 0 and "nproc_per_node: 1" in out.stdout

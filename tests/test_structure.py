@@ -145,5 +145,5 @@ def test_problem_checker_catches_planted_violations(planted: Path) -> None:
 def test_rule_ids_follow_the_numbering() -> None:
     """A letter for the concern and three digits; the phase follows the letter."""
     for rule in RULES.values():
-        assert rule.id[0] in "FCASLHR" and rule.id[1:].isdigit() and len(rule.id) == 4, rule
+        assert rule.id[0] in "FCASLMHR" and rule.id[1:].isdigit() and len(rule.id) == 4, rule
         assert (rule.phase == "host") == (rule.id[0] in "HR"), rule

@@ -48,6 +48,19 @@ BUILTINS: dict[str, dict[str, Any]] = {
         "swift_args": {"model_type": "qwen3", "template": "qwen3"},
         "parameters": 151_104,
         "dirname": MODEL_DIRNAME,
+        # Its config.json fields, for the memory estimate before it is built.
+        "config": {
+            "model_type": "qwen3",
+            "vocab_size": 1203,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            "tie_word_embeddings": True,
+            "max_position_embeddings": 1024,
+        },
     },
     "builtin:demo-sft": {
         "kind": "dataset",

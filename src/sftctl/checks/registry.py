@@ -9,6 +9,7 @@ added and never reused:
 - ``S`` secrets written where others can read them;
 - ``L`` the GPU layout (processes, GPUs, nodes);
 - ``H`` this machine, checked by ``validate --host`` and before every ``run``;
+- ``M`` memory: model shapes and the estimate;
 - ``R`` run records and rendered files.
 
 Problems are built here and nowhere else (a test keeps it so): callers use :func:`report`
@@ -92,6 +93,7 @@ RULES: dict[str, Rule] = {
             ("L006", "DeepSpeed or FSDP with several GPUs per process (device_map)"),
             ("L007", "several processes, no GPU, and use_cpu unset"),
             ("L008", "launch.gpus auto in a rendered script (GPUs are picked when run starts)"),
+            ("M001", "a model whose shape (config.json) sftctl cannot find"),
         ),
         *_rules(
             "host",

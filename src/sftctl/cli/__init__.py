@@ -16,7 +16,7 @@ quiet_pydantic_plugins()
 
 import typer  # noqa: E402 - after the environment tweak above
 
-from sftctl.cli import config_cmds, gpu_cmds, run_cmds  # noqa: E402
+from sftctl.cli import config_cmds, gpu_cmds, plan_cmds, run_cmds  # noqa: E402
 from sftctl.errors import SftctlError  # noqa: E402
 
 app = typer.Typer(
@@ -51,6 +51,7 @@ def _root(
 config_cmds.register(app)
 run_cmds.register(app)
 gpu_cmds.register(app)
+plan_cmds.register(app)
 
 
 def main() -> None:

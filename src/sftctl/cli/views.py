@@ -10,7 +10,8 @@ from pathlib import Path
 from sftctl.config.presets import PresetInfo
 from sftctl.config.resolve import Overrides, Resolved, resolve
 from sftctl.config.yamlio import dump
-from sftctl.resources.params import human
+from sftctl.resources.memory import Estimate
+from sftctl.resources.params import count, human
 from sftctl.swift.dialect import RENAMED_3_TO_4
 from sftctl.util.text import one_line
 
@@ -192,3 +193,29 @@ def show_run(folder: Path) -> None:
         *["  " + line for line in str(data.get("config_yaml") or "").splitlines()],
     ]
     sys.stdout.write("\n".join(out) + "\n")
+
+
+def estimate_table(result: Estimate) -> None:
+    """An estimate as a table a person can check, term by term."""
+    from rich.console import Console
+    from rich.table import Table
+
+    gib = 1024**3
+    where = "process" if result.quantity.startswith("RssAnon") else "GPU"
+    print(f"{one_line(result.model)}: {count(result.params)} parameters, {count(result.trainable)} trained")
+    print(f"  shape from {one_line(result.shape_source)}")
+    print(f"  layout: {result.layout}")
+    print(f"  predicts: {result.quantity}")
+    table = Table(box=None, header_style="bold", padding=(0, 2, 0, 0))
+    table.add_column("term")
+    table.add_column("GiB", justify="right")
+    table.add_column("why")
+    for term in result.terms:
+        table.add_row(term.name, f"{term.bytes / gib:.2f}", one_line(term.why))
+    table.add_row(f"[bold]peak per {where}[/bold]", f"[bold]{result.peak_bytes / gib:.2f}[/bold]", "")
+    Console(width=max(120, Console().width)).print(table)
+    print(f"host RAM: {result.host_bytes / gib:.1f} GiB for the node's training processes")
+    what = "weights or adapters, and the optimizer state"
+    print(f"checkpoint: {result.checkpoint_bytes / gib:.2f} GiB on disk each ({what})")
+    for note in result.notes:
+        print(f"note: {one_line(note)}")

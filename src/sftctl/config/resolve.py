@@ -276,6 +276,8 @@ def _launch_counts(data: dict[str, Any]) -> tuple[int, int] | None:
         gpus = parse_gpus(launch["gpus"]) if isinstance(launch.get("gpus"), str) else launch.get("gpus")
     except ValueError:
         return None
+    if isinstance(gpus, int) and not isinstance(gpus, bool):
+        gpus = [gpus]  # `gpus: 6`, one GPU
     nproc = launch.get("nproc_per_node", 1)
     if not isinstance(gpus, list) or not gpus or not isinstance(nproc, int) or isinstance(nproc, bool):
         return None

@@ -22,6 +22,14 @@ def human(n: float) -> str:
     return f"{int(n)} B"
 
 
+def count(n: float) -> str:
+    """A parameter count for a reader: 8.19B, 151.1M, 12.0K."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.{2 if unit == 'B' else 1}f}{unit}"
+    return str(int(n))
+
+
 def count_parameters(model_dir: Path) -> int | None:
     """Exact parameter count from the safetensors headers of a local model, else None."""
     files = sorted(model_dir.glob("*.safetensors"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from sftctl.resources.params import count_parameters
+
+ALL_PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
 class UnknownModel(Exception):
@@ -74,6 +76,7 @@ class Shape:
     expert_bias: bool = False  # gpt-oss: biases on expert projections
     attention_sinks: bool = False  # gpt-oss: one learned sink per head
     vision: Vision | None = None
+    max_positions: int = 32768
     published: float | None = None  # the parameter count the model card gives
     exact: int | None = None  # from safetensors headers, when read
 
@@ -140,32 +143,55 @@ class Shape:
         idle = (self.experts - self.experts_per_token) * self.expert_params()
         return self.params() - self.moe_layers * idle
 
-    def linear_dims(self, moe: bool) -> list[tuple[int, int, int]]:
-        """(in, out, count) of each linear layer of one decoder layer (LoRA and 4-bit use them)."""
+    def projections(self, moe: bool) -> dict[str, tuple[int, int, int]]:
+        """Each nn.Linear projection of one decoder layer: name -> (in, out, count). An MoE
+        layer's routed experts are 3-D parameters, not nn.Linear (LoRA and bnb skip them)."""
         h, q, kv = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim
-        dims = [(h, q, 1), (h, kv, 1), (h, kv, 1), (q, h, 1)]
-        if moe:
-            e = self.expert_intermediate
-            dims += [(h, e, 2 * self.experts), (e, h, self.experts)]
-            if self.shared_intermediate:
-                s = self.shared_intermediate
-                dims += [(h, s, 2), (s, h, 1)]
-        else:
-            i = self.intermediate
-            dims += [(h, i, 2), (i, h, 1)]
-        return dims
+        out = {"q": (h, q, 1), "k": (h, kv, 1), "v": (h, kv, 1), "o": (q, h, 1)}
+        width = self.shared_intermediate if moe else self.intermediate
+        if width:
+            out.update(gate=(h, width, 1), up=(h, width, 1), down=(width, h, 1))
+        return out
 
-    def linear_params(self) -> int:
-        """Weights of the decoder's linear layers (what QLoRA quantizes and LoRA adapts)."""
-        dense = self.layers - self.moe_layers
-        per = {moe: sum(a * b * n for a, b, n in self.linear_dims(moe)) for moe in (False, True)}
-        return dense * per[False] + self.moe_layers * per[True]
+    def expert_matrix_params(self) -> int:
+        """Weights of one MoE layer's routed experts (no biases)."""
+        return self.experts * 3 * self.hidden * self.expert_intermediate
 
-    def lora_params(self, rank: int) -> int:
-        """LoRA A and B on every linear layer of the decoder (ms-swift's all-linear)."""
-        dense = self.layers - self.moe_layers
-        per = {moe: sum((a + b) * n for a, b, n in self.linear_dims(moe)) for moe in (False, True)}
-        return rank * (dense * per[False] + self.moe_layers * per[True])
+    def _per_layer_sum(self, fn: Callable[[bool], int]) -> int:
+        return (self.layers - self.moe_layers) * fn(False) + self.moe_layers * fn(True)
+
+    def linear_params(self, experts: bool = True) -> int:
+        """Weights of the decoder's linear layers (with ``experts``, the routed experts too)."""
+
+        def layer(moe: bool) -> int:
+            n = sum(a * b * c for a, b, c in self.projections(moe).values())
+            return n + (self.expert_matrix_params() if moe and experts else 0)
+
+        return self._per_layer_sum(layer)
+
+    def lora_params(
+        self, rank: int, targets: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
+    ) -> int:
+        """LoRA A and B on the targeted projections of every decoder layer."""
+
+        def layer(moe: bool) -> int:
+            return sum(
+                rank * (a + b) * c for name, (a, b, c) in self.projections(moe).items() if name in targets
+            )
+
+        return self._per_layer_sum(layer)
+
+    def lora_magnitudes(self, targets: tuple[str, ...]) -> int:
+        """DoRA's magnitude vectors: one value per output of each adapted projection."""
+
+        def layer(moe: bool) -> int:
+            return sum(b * c for name, (_a, b, c) in self.projections(moe).items() if name in targets)
+
+        return self._per_layer_sum(layer)
+
+    def biggest_projection(self) -> int:
+        """Elements of the largest adapted weight matrix of a layer."""
+        return max(a * b for moe in (False, True) for a, b, _c in self.projections(moe).values())
 
 
 def _int(cfg: Mapping[str, Any], *keys: str, default: int | None = None) -> int:
@@ -254,6 +280,7 @@ def from_config(cfg: Mapping[str, Any], name: str, source: str) -> Shape:
         expert_bias=gpt_oss,
         attention_sinks=gpt_oss,
         vision=_vision(cfg, hidden),
+        max_positions=_int(base, "max_position_embeddings", "seq_length", default=32768),
     )
 
 
@@ -304,6 +331,13 @@ def _read_config(folder: Path) -> dict[str, Any] | None:
 def find(model: str, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Shape:
     """The shape of ``model`` (a local folder or a hub id), or UnknownModel saying how to give one."""
     env = os.environ if env is None else env
+    if model.startswith("builtin:"):
+        from sftctl.assets.builder import BUILTINS
+
+        spec = BUILTINS.get(model, {})
+        if "config" not in spec:
+            raise UnknownModel(f"'{model}' is not a built-in model")
+        return from_config(spec["config"], model, "sftctl's built-in model")
     local = Path(model).expanduser()
     if not local.is_absolute():
         local = (cwd or Path.cwd()) / local
