@@ -56,10 +56,18 @@ def _sftctl(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedP
 def workdir(tmp_path_factory: pytest.TempPathFactory, e2e_cache: Path) -> tuple[Path, dict[str, str]]:
     work = tmp_path_factory.mktemp("memory")
     env = clean_env(SFTCTL_CACHE=str(e2e_cache), HOME=str(work / "home"))
-    tiny = subprocess.run(
-        [sys.executable, "-c", BUILD_TINY],
-        env=env, capture_output=True, text=True, timeout=300, check=True,
-    ).stdout.strip().splitlines()[-1]  # fmt: skip (deepspeed may print a warning first)
+    tiny = (
+        subprocess.run(
+            [sys.executable, "-c", BUILD_TINY],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )  # fmt: skip (deepspeed may print a warning first)
     for depth in DEPTHS:
         subprocess.run(
             [sys.executable, str(REPO / "tests" / "procs" / "sized_qwen3.py"), tiny, str(work / f"m{depth}"),

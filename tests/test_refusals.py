@@ -130,6 +130,15 @@ def test_disk_too_small_for_the_checkpoints(
     assert not any(small_disk.rglob("*.safetensors"))
 
 
+def test_a_hub_model_gets_a_real_disk_check(
+    sandbox: tuple[Path, dict[str, str], Path], small_disk: Path
+) -> None:
+    work, env, marker = sandbox
+    # Qwen3-8B is not on this machine: its shape comes from sftctl's table.
+    out = _run(work, env, "zero2-qwen3-8b", "--set", "attn_impl=sdpa", "--set", f"output_dir={small_disk}/o")
+    _refused(out, marker, "not enough disk", "5 checkpoints", "of about 106.8 GiB each")
+
+
 def test_a_valid_run_does_reach_the_launcher(sandbox: tuple[Path, dict[str, str], Path]) -> None:
     """The stand-in proves the refusals above, not a broken set-up, kept it from starting."""
     work, env, marker = sandbox

@@ -21,7 +21,7 @@ from sftctl.checks.registry import report
 from sftctl.config.resolve import Resolved
 from sftctl.errors import Problem
 from sftctl.resources.gpus import HostGpus
-from sftctl.resources.params import checkpoint_bytes, human
+from sftctl.resources.params import human
 from sftctl.swift.outputs import checkpoint_dirs
 from sftctl.swift.values import as_texts
 
@@ -212,18 +212,22 @@ def _existing_parent(path: Path) -> Path:
 
 def check_disk(resolved: Resolved, output_dir: Path, model_dir: Path | None) -> list[Problem]:
     """A refusal when (save_total_limit + 1) checkpoints cannot fit; warnings saying what is unknown."""
+    from sftctl.resources.memory import checkpoint_size
+
     where = _existing_parent(output_dir)
     free = shutil.disk_usage(where).free
-    per = checkpoint_bytes(resolved.args, model_dir)
-    if per is None:
+    model = str(model_dir) if model_dir else str(resolved.args.get("model") or "")
+    size = checkpoint_size(resolved.args, resolved.layout, model)
+    if size is None:
         return [
             report(
                 "H008",
                 "args.model",
-                "checkpoint size unknown (the model is not a local folder with safetensors): "
+                "checkpoint size unknown (sftctl has no shape for the model: see sftctl estimate): "
                 "free disk was not checked",
             )
         ]
+    per = int(size)
     limit = resolved.args.get("save_total_limit")
     if not isinstance(limit, int) or limit <= 0:
         return [

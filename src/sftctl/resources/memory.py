@@ -288,6 +288,15 @@ def _layer_bytes(shape: Shape, run: Run, act: int) -> float:
     return LAYER_SCALE * per
 
 
+def _trainable(shape: Shape, run: Run) -> int:
+    """The parameters that get gradients and optimizer state."""
+    if run.tuner == "full":
+        vit = shape.vision.params() if shape.vision else 0
+        return shape.total() - (vit if run.freeze_vit else 0)
+    out = shape.lora_params(run.lora_rank, run.targets)
+    return out + (shape.lora_magnitudes(run.targets) if run.dora else 0)
+
+
 def estimate(
     shape: Shape,
     args: Mapping[str, Any],
@@ -316,14 +325,7 @@ def estimate(
     notes: list[str] = []
 
     total = shape.total()
-    vit = shape.vision.params() if shape.vision else 0
-    # --- what is trained -------------------------------------------------------------------
-    if run.tuner == "full":
-        trainable = total - (vit if run.freeze_vit else 0)
-    else:
-        trainable = shape.lora_params(run.lora_rank, run.targets)
-        if run.dora:
-            trainable += shape.lora_magnitudes(run.targets)
+    trainable = _trainable(shape, run)
     # The busiest GPU of a device_map split: its share of the layers, plus the embeddings
     # (first GPU) or the lm_head and logits (last GPU).
     per_layer = shape.decoder_params() / shape.layers
@@ -556,3 +558,17 @@ def for_resolved(
 ) -> Estimate:
     """The estimate of a validated run."""
     return estimate(shape_of(resolved, env, cwd), resolved.args, resolved.layout, seq_len=seq_len, cwd=cwd)
+
+
+def checkpoint_size(
+    args: Mapping[str, Any], layout: Layout, model: str, cwd: Path | None = None
+) -> float | None:
+    """One checkpoint's size on disk, or None when the model's shape is unknown."""
+    try:
+        shape = find(model, None, cwd)
+    except UnknownModel:
+        return None
+    cpu = layout.use_cpu or layout.mode == "cpu"
+    run = read_run(args, shape, max(1, layout.nproc * layout.nnodes), cpu)
+    deepspeed = not cpu and zero_config(args.get("deepspeed"), cwd) is not None
+    return checkpoint_bytes(shape, run, _trainable(shape, run), deepspeed)
