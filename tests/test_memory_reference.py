@@ -26,7 +26,7 @@ def test_every_entry_names_its_source_and_what_it_measured() -> None:
         # A pinned URL, or the document named where no pinned copy was found.
         assert e["source"].startswith("https://") or "docs/" in e["source"], e["id"]
         assert e["quote"].strip() and e["quantity"].strip() and e["data"].strip(), e["id"]
-        assert e["quantity_kind"] in ("reserved", "nvidia-smi"), e["id"]
+        assert e["quantity_kind"] in ("reserved", "reserved_sum", "nvidia-smi"), e["id"]
         assert isinstance(e["measured"], bool) and 0 < e["memory_gib"] <= 200, e["id"]
         assert e["gpus"] >= e["nproc_per_node"] >= 1 and e["longest_row"] >= 1, e["id"]
     measured = [e for e in entries if e["measured"]]

@@ -315,6 +315,7 @@ def estimate(
     run = read_run(args, shape, world, cpu, seq_len, label_tokens)
     zero = None if cpu else zero_config(args.get("deepspeed"), cwd)
     fsdp = layout.shard == "fsdp" and not cpu
+    fsdp_offload = fsdp and "offload" in str(args.get("fsdp") or "")
     k = 1
     if layout.gpus and layout.nproc and len(layout.gpus) // layout.nproc >= 2:
         k = len(layout.gpus) // layout.nproc  # device_map: the layers split over k GPUs
@@ -352,8 +353,8 @@ def estimate(
     weights = (weights + adapter_bytes) * share
     gathered = 0.0
     if sharded:
-        if zero and zero.offload_params:
-            weights, why = 0.0, "ZeRO-3 offload keeps the weights on the host"
+        if (zero and zero.offload_params) or fsdp_offload:
+            weights, why = 0.0, "offload keeps the weights on the host"
         else:
             weights, why = weights / world, f"split over {world} ranks: " + why
         # The layer that runs (and the next, prefetched) is gathered whole; so are the
@@ -384,19 +385,23 @@ def estimate(
         gwhy += f", plus a {bucket / 2**20:.0f} MiB reduce bucket"
         if zero.offload_optimizer:
             opt, owhy = 0.0, "fp32 moments and master weights are on the host (offload)"
+            step = 0.0
         else:
             opt = t * 12 / world
             owhy = f"fp32 master weights and moments, 12 B per trainable parameter split over {world} ranks"
-        step = t * 4 / world  # the fp32 gradient partition made at the step
+            # The fp32 gradient partition made at the step (ZeRO-3: per sub-group of 1e9).
+            step = 4 * (min(t / world, 1e9) if zero.stage == 3 else t / world)
     else:
         g = 4.0 if run.tuner == "lora" or run.amp_fp16 or w == 4 else float(w)
         state = 4.0 if run.tuner == "lora" or run.amp_fp16 or w == 4 else float(w)
         div = world if fsdp else 1
         grads = t * g / div * (2 if ddp else 1)
         gwhy = f"{g:.0f} B per trainable parameter" + ("; DDP's buckets hold a second copy" if ddp else "")
-        opt = t * 2 * state / div
+        opt = 0.0 if fsdp_offload else t * 2 * state / div
         owhy = f"AdamW's two moments, {state:.0f} B each per trainable parameter"
-        step = 0.0 if run.fused_adamw else t * state / div  # foreach AdamW's temporaries
+        if fsdp_offload:
+            grads, owhy = 0.0, "the optimizer runs on the host (offload)"
+        step = 0.0 if run.fused_adamw or fsdp_offload else t * state / div  # foreach AdamW's temporaries
     terms.append(Term("gradients", grads, gwhy))
     terms.append(Term("optimizer", opt, owhy))
 
@@ -437,6 +442,10 @@ def estimate(
     held = grads if run.grad_accum > 1 else 0.0
     dynamic = max(held + activations + logits, grads + step)
     allocated = static + dynamic
+    if zero is not None and zero.stage in (1, 2):
+        # DeepSpeed flattens the trainable weights on the GPU while the originals still exist:
+        # two more bf16 copies for a moment at start-up (ms-swift logs the lifetime peak).
+        allocated = max(allocated, weights + 2 * t * 2)
     if cpu:
         peak = allocated
     else:
