@@ -337,3 +337,17 @@ def test_validate_host_exits_0_on_warnings_and_labels_them(host: Host) -> None:
     out = host.sftctl("validate", "run.yaml", "--host", "--gpus", "0")
     assert out.returncode == 0, out.stderr
     assert "run.yaml: warning: launch.gpus: GPU 0 is already in use: 30.0 GiB" in out.stderr
+
+
+def test_a_run_that_cannot_fit_is_refused_unless_forced(host: Host) -> None:
+    host.machine({"gpus": [gpu(0, total=8 * GIB), gpu(1, total=80 * GIB)]})
+    lora_8b = ["--model", "Qwen/Qwen3-8B", "--set", "tuner_type=lora", "--set", "save_total_limit=1"]
+    out = host.sftctl("run", "run.yaml", "--gpus", "0", *lora_8b)
+    assert out.returncode == 1, out.stderr
+    assert "launch.gpus: the run needs about" in out.stderr and "GPU 0 has 8.0 GiB free" in out.stderr
+    assert "--force launches anyway" in out.stderr and "refused before launch" in out.stderr
+    host.start("a", "--gpus", "1", *lora_8b)  # 80 GiB: it fits
+    host.start("b", "--gpus", "0", "--force", *lora_8b)
+    assert len(host.given(2)) == 2
+    assert "warning: launch.gpus: the run needs about" in host.stderr("b")
+    assert "the run needs about" not in host.stderr("a")

@@ -308,3 +308,29 @@ def check_port(port: int | None, in_use: bool) -> list[Problem]:
             "and sftctl picks a free one",
         )
     ]
+
+
+# The estimate is checked to within 20% on published runs: refuse only beyond this margin.
+FIT_MARGIN = 1.10
+
+
+def check_fit(peak_bytes: float, context_bytes: float, gpus: list[int], view: HostGpus) -> list[Problem]:
+    """The estimated peak (and the CUDA context) must fit into the free memory of every GPU."""
+    free = {g: view.described[g].free_bytes for g in gpus if g in view.described}
+    if not free:
+        return []
+    tightest = min(free, key=lambda g: free[g])
+    need = peak_bytes + context_bytes
+    if need <= free[tightest] * FIT_MARGIN:
+        return []
+    return [
+        report(
+            "H021",
+            "launch.gpus",
+            f"the run needs about {human(need)} per GPU (sftctl estimate) but GPU {tightest} has "
+            f"{human(free[tightest])} free",
+            "halve per_device_train_batch_size and double gradient_accumulation_steps (same effective "
+            "batch), keep gradient_checkpointing on, shard with deepspeed zero3 (or zero3_offload), or "
+            "take GPUs with more free memory (--gpus auto); --force launches anyway",
+        )
+    ]

@@ -117,6 +117,7 @@ RULES: dict[str, Rule] = {
             ("H018", "a configured GPU leased by another sftctl run"),
             ("H019", "--gpus auto finds too few free GPUs"),
             ("H020", "the GPU lease folder cannot be used"),
+            ("H021", "the estimated peak memory exceeds the GPUs' free memory"),
             ("R001", "a rendered file that differs from the rendering"),
             ("R002", "no sftctl run record where one was expected"),
             ("R003", "a process a run record names that is not that run's"),

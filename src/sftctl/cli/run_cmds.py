@@ -36,6 +36,9 @@ def run(
     quiet: QuietOpt = False,
     run_id: Annotated[str | None, typer.Option("--run-id", hidden=True)] = None,
     wait: WaitOpt = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Launch even when the memory estimate says it will not fit.")
+    ] = False,
     lock_fd: Annotated[int | None, typer.Option("--lock-fd", hidden=True)] = None,
     leases: Annotated[str | None, typer.Option("--leases", hidden=True)] = None,
 ) -> None:
@@ -53,6 +56,7 @@ def run(
             lock_fd=lock_fd,
             wait=wait,
             leases=leases,
+            force=force,
         )
         if dry_run:
             sys.stdout.write(launch.dry_run_text(name, spec.overrides(), opts))

@@ -74,6 +74,8 @@ FIXED_BYTES = 0.6 * GIB
 # Elements in DeepSpeed's reduce bucket when its config says "auto" (transformers: hidden^2);
 # ms-swift's zero2.json sets 2e8.
 ZERO2_BUCKET = 2e8
+# What nvidia-smi shows beyond max_memory_reserved: the CUDA context of a process.
+CUDA_CONTEXT_BYTES = 0.5 * GIB
 # ZeRO-3 gathers at most this many elements at once (stage3_max_live_parameters).
 ZERO3_MAX_LIVE = 1e9
 

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,8 @@ from sftctl.checks.registry import report
 from sftctl.config.presets import Loaded
 from sftctl.config.resolve import Overrides, Resolved, resolve, resolve_loaded
 from sftctl.config.yamlio import dump, load_text
-from sftctl.errors import ConfigError, LaunchError, RefusedError, errors_of
-from sftctl.resources import gpus, leases
+from sftctl.errors import ConfigError, LaunchError, Problem, RefusedError, errors_of
+from sftctl.resources import gpus, leases, memory
 from sftctl.resources.params import human
 from sftctl.runtime import ownership, supervise, watchdog
 from sftctl.runtime.record import (
@@ -54,6 +54,7 @@ class RunOptions:
     run_id: str | None = None  # set by a detached parent for its child
     lock_fd: int | None = None  # the output folder's lock, handed down by a detached parent
     wait: bool = False  # wait for leased GPUs instead of refusing
+    force: bool = False  # launch although the memory estimate says it will not fit
     leases: str | None = None  # GPU leases handed down by a detached parent: gpu=fd,...
 
 
@@ -188,11 +189,34 @@ def prepare(
     distributed = launch.launcher == "torchrun" or launch.nproc_per_node > 1 or launch.nnodes > 1
     problems += hostcheck.check_port(port, port is not None and distributed and supervise.port_in_use(port))
     problems += hostcheck.check_disk(resolved, output_dir, _model_dir(resolved, paths, cwd))
+    problems += _check_fit(resolved, view, cwd, opts.force)
     if errors_of(problems):
         raise RefusedError(problems=errors_of(problems))
     warnings = [p.render() for p in problems]
     chosen = supervise.find_free_port() if port is None and distributed else None
     return launchers.build(resolved, paths, master_port=chosen), paths, output_dir, warnings
+
+
+def estimate_of(resolved: Resolved, cwd: Path) -> memory.Estimate | None:
+    """The run's memory estimate, or None when sftctl has no shape for its model."""
+    try:
+        return memory.for_resolved(resolved, cwd=cwd)
+    except ConfigError:
+        return None
+
+
+def _check_fit(resolved: Resolved, view: gpus.HostGpus | None, cwd: Path, force: bool) -> list[Problem]:
+    """A GPU run whose estimated peak exceeds its GPUs' free memory is refused (--force: warned)."""
+    listed = resolved.config.launch.gpus
+    if resolved.layout.use_cpu or not listed or view is None or not view.described:
+        return []
+    guess = estimate_of(resolved, cwd)
+    if guess is None:
+        return []
+    problems = hostcheck.check_fit(guess.peak_bytes, memory.CUDA_CONTEXT_BYTES, list(listed), view)
+    if force:
+        return [replace(p, severity="warning") for p in problems]
+    return problems
 
 
 def child_env(cmd: launchers.Command, env: Mapping[str, str]) -> dict[str, str]:
@@ -353,6 +377,7 @@ def _launch(
     """Record, start and supervise the command; the output folder's lock is held by the caller."""
 
     document = resolved.document()
+    guess = estimate_of(resolved, cwd)
     record = RunRecord.create(
         output_dir,
         base_manifest(
@@ -373,6 +398,13 @@ def _launch(
             supervisor_pid=os.getpid(),
             grace=opts.grace,
             supervisor_start=_start_of(os.getpid()),
+            estimate=None
+            if guess is None
+            else {
+                "peak_bytes": int(guess.peak_bytes),
+                "host_bytes": int(guess.host_bytes),
+                "quantity": guess.quantity,
+            },
         ),
         in_place=in_place,
         run_id=run_id,
@@ -499,11 +531,19 @@ def _summary(record: RunRecord, outcome: supervise.Outcome, stats: Any, wall: fl
         )
     if stats.steps_per_second:
         lines.append(f"  speed: {stats.steps_per_second:.3g} steps/s")
-    memory = [f"host RSS {human(outcome.peak_rss)} (all processes)"] if outcome.peak_rss else []
+    used = [f"host RSS {human(outcome.peak_rss)} (all processes)"] if outcome.peak_rss else []
     if stats.peak_memory_gib is not None:
-        memory.append(f"GPU {stats.peak_memory_gib:.2f} GiB (rank 0, ms-swift's memory(GiB))")
-    if memory:
-        lines.append(f"  peak memory: {', '.join(memory)}")
+        used.append(f"GPU {stats.peak_memory_gib:.2f} GiB (rank 0, ms-swift's memory(GiB))")
+    if used:
+        lines.append(f"  peak memory: {', '.join(used)}")
+    guess = record.data.get("estimate")
+    if isinstance(guess, dict) and isinstance(guess.get("peak_bytes"), int):
+        where = (
+            "per process for the model and activations, beyond start-up (torch and ms-swift)"
+            if str(guess.get("quantity", "")).startswith("RssAnon")
+            else "per GPU"
+        )
+        lines.append(f"  estimated: {human(guess['peak_bytes'])} {where}; see sftctl estimate")
     lines.append(f"  wall time: {wall:.1f} s")
     lines.append(f"  run folder: {record.run_dir or record.staging} (manifest {record.manifest_path.name})")
     _say("\n".join(lines))

@@ -250,7 +250,7 @@ _FIELDS: dict[str, tuple[type, ...]] = {
                      "peak_rss_bytes", "peak_process_rss_bytes"), (int, type(None))),
     "peak_gpu_memory_gib": (int, float, type(None)),
     **dict.fromkeys(("argv", "unset", "descendants", "files", "watchdog"), (list, type(None))),
-    **dict.fromkeys(("env", "config", "versions"), (dict, type(None))),
+    **dict.fromkeys(("env", "config", "versions", "estimate"), (dict, type(None))),
     "grace": (int, float, type(None)),
     "swift_version": (int, str, type(None)),
 }  # fmt: skip
