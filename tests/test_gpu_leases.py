@@ -277,7 +277,7 @@ def test_lease_folder_is_shared_and_refused_when_unsafe(tmp_path: Path) -> None:
         squatted = tmp_path / "squatted"
         squatted.mkdir(mode=0o777)
         os.chown(squatted, 65534, 65534)
-        with pytest.raises(LeaseDirError, match="belongs to another user and is not sticky"):
+        with pytest.raises(LeaseDirError, match="belongs to another user"):
             _ready(squatted, default=True)
 
 
@@ -351,3 +351,37 @@ def test_a_run_that_cannot_fit_is_refused_unless_forced(host: Host) -> None:
     assert len(host.given(2)) == 2
     assert "warning: launch.gpus: the run needs about" in host.stderr("b")
     assert "the run needs about" not in host.stderr("a")
+
+
+def test_a_foreign_shared_lock_is_a_held_gpu_and_auto_goes_around_it(host: Host) -> None:
+    folder = host.root / "leases"
+    folder.mkdir(mode=0o1777)
+    lease = folder / "gpu-GPU-0000-bbbb.lock"
+    lease.write_text("")
+    holder = subprocess.Popen(["flock", "-s", str(lease), "sleep", "60"])
+    try:
+        deadline = time.monotonic() + 10
+        while host.leases()[0] is None:  # the shared lock is taken
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert host.leases()[0] == {}  # held, by something that does not say who it is
+        dry = host.sftctl("run", "run.yaml", "--gpus", "auto:1", "--dry-run")
+        assert dry.returncode == 0 and "export CUDA_VISIBLE_DEVICES=1\n" in dry.stdout, dry.stderr
+        host.start("a", "--gpus", "auto:1")
+        ((_run_id, ids),) = host.given(1).items()
+        assert ids == [1]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_the_shared_default_folder_must_be_roots_or_mine(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make a folder owned by another user")
+    squatted = tmp_path / "sticky"
+    squatted.mkdir()
+    squatted.chmod(0o1777)
+    os.chown(squatted, 65534, 65534)
+    with pytest.raises(LeaseDirError, match="belongs to another user .* let root create it"):
+        _ready(squatted, default=True)
+    assert _ready(squatted, default=False) == squatted  # an explicit SFTCTL_LEASE_DIR is the user's call

@@ -1,4 +1,4 @@
-"""`sftctl gpus`: what NVML says about this machine's GPUs."""
+"""`sftctl gpus`: what NVML says about this machine's GPUs, and which runs lease them."""
 
 import json
 import os
@@ -19,15 +19,26 @@ def register(app: typer.Typer) -> None:
 def gpus(as_json: JsonOpt = False) -> None:
     """List this machine's GPUs: memory, utilization, processes and their users (NVML)."""
     from sftctl.resources.gpus import host_view
-    from sftctl.resources.leases import describe_holder, holders
+    from sftctl.resources.leases import LeaseDirError, describe_holder, holders
     from sftctl.resources.nvml import inventory
     from sftctl.resources.params import human
     from sftctl.util.text import one_line
 
     with boundary():
         found = inventory()
-        # Leases are by physical GPU: ask without the inherited CUDA_VISIBLE_DEVICES.
-        leased = holders(os.environ, host_view(os.environ)) if found.gpus else {}
+        everything = inventory({k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"})
+        shown = {g.index for g in found.gpus}
+        hidden = [g.index for g in everything.gpus if not g.mig and g.index not in shown]
+        limit = one_line(os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+        if hidden and found.gpus:
+            print(f"sftctl: CUDA_VISIBLE_DEVICES={limit!r} hides GPU(s) {', '.join(hidden)}", file=sys.stderr)
+        leased: dict[int, dict[str, Any]] = {}
+        if found.gpus:
+            try:
+                # Leases are by physical GPU, among the ones this environment may use.
+                leased = holders(os.environ, host_view(os.environ))
+            except LeaseDirError as exc:
+                print(f"sftctl: leases unknown: {one_line(str(exc))} (SFTCTL_LEASE_DIR)", file=sys.stderr)
 
         def lease_of(index: str) -> dict[str, Any] | None:
             return None if ":" in index else leased.get(int(index))
@@ -36,14 +47,9 @@ def gpus(as_json: JsonOpt = False) -> None:
             print(json.dumps([{**g.as_dict(), "lease": lease_of(g.index)} for g in found.gpus], indent=2))
             return
         if not found.gpus:
-            hidden = (
-                "CUDA_VISIBLE_DEVICES" in os.environ
-                and inventory({k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}).gpus
-            )
-            if hidden:
-                value = one_line(os.environ["CUDA_VISIBLE_DEVICES"])
+            if everything.gpus:
                 print(
-                    f"no GPU visible: CUDA_VISIBLE_DEVICES={value!r} hides all {len(hidden)}", file=sys.stderr
+                    f"no GPU visible: CUDA_VISIBLE_DEVICES={limit!r} hides all {len(hidden)}", file=sys.stderr
                 )
             else:
                 why = f" ({found.note})" if found.note else ""

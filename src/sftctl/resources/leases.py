@@ -67,11 +67,14 @@ def _ready(path: Path, default: bool) -> Path:
         raise LeaseDirError(f"cannot read {path}: {exc.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise LeaseDirError(f"{path} is not a folder")
-    # In /tmp anyone can create the folder first: one owned by another user must at least
-    # keep files safe from deletion by others (the sticky bit, as /tmp itself has).
-    if st.st_uid not in (0, os.geteuid()) and not st.st_mode & stat.S_ISVTX:
+    # In /tmp anyone can create the shared folder first, and a folder's owner may delete any
+    # file in it, sticky or not: the default folder must be root's or this user's.
+    if st.st_uid not in (0, os.geteuid()) and (default or not st.st_mode & stat.S_ISVTX):
         mode = f"{st.st_mode & 0o7777:o}"
-        raise LeaseDirError(f"{path} belongs to another user and is not sticky (mode {mode})")
+        raise LeaseDirError(
+            f"{path} belongs to another user (uid {st.st_uid}, mode {mode}), who could delete the leases "
+            f"in it; let root create it (mkdir -m 1777 {path})"
+        )
     if not os.access(path, os.W_OK | os.X_OK):
         raise LeaseDirError(f"{path} is not writable by this user")
     return path
@@ -198,9 +201,21 @@ def holder(folder: Path, key: str) -> dict[str, Any] | None:
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return None
         except BlockingIOError:
             pass
+        else:
+            try:
+                # Free unless someone else keeps a shared lock on it (a viewer holds one
+                # only for a moment; anything longer blocks every lease): try for a moment.
+                for _ in range(5):
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        return None
+                    except BlockingIOError:
+                        time.sleep(0.02)
+                return {}
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
         try:
             data = json.loads(os.pread(fd, 4096, 0).decode("utf-8", errors="replace"))
         except (OSError, ValueError, RecursionError):
@@ -318,11 +333,11 @@ class Picker:
         ids = self.view.ids
         if not ids:
             none = (
-                f"CUDA_VISIBLE_DEVICES={self.view.limited_by!r} makes no GPU visible"
+                "the GPU list cannot be known"
+                if ids is None
+                else f"CUDA_VISIBLE_DEVICES={self.view.limited_by!r} makes no GPU visible"
                 if self.view.limited_by is not None
                 else "this machine has no NVIDIA GPU"
-                if ids == []
-                else "the GPU list cannot be known"
             )
             raise _too_few(
                 asked,
@@ -374,16 +389,20 @@ class Picker:
                 if not count and free:
                     need = f"a multiple of {multiple} free GPUs needed (one process per {multiple})"
                 return [], "; ".join([f"{need}, {len(free)} of {len(ids)} free", *reasons])
-            chosen = free[:want]
             if not self.take:
-                return chosen, ""
-            for i in chosen:
+                return free[:want], ""
+            for i in free:
+                if len(self.leases.held) == want:
+                    break
                 lease = _take(folder, i, key_of(i, self.view))
-                if lease is None:  # taken by a run that did not pick (explicit --gpus)
-                    self.leases.release()
-                    return [], f"GPU {i} was leased a moment ago"
+                if lease is None:  # taken a moment ago by a run that did not pick (explicit ids)
+                    reasons.append(f"GPU {i} was leased a moment ago")
+                    continue
                 self.leases.held.append(lease)
-        return chosen, ""
+            if len(self.leases.held) < want:
+                self.leases.release()
+                return [], "; ".join([f"{want} free GPU(s) needed", *reasons])
+        return self.leases.gpus, ""
 
     def _unusable(self, folder: Path, i: int) -> str | None:
         if i in self.view.mig:
@@ -436,8 +455,11 @@ class Picker:
 
 def holders(env: Mapping[str, str], view: HostGpus) -> dict[int, dict[str, Any]]:
     """Who leases each of this machine's GPUs (only the leased ones). A lease file that
-    cannot be read as one is reported as held by an unknown holder: never as free."""
+    cannot be read as one is reported as held by an unknown holder: never as free. Raises
+    LeaseDirError for a lease folder that cannot be one."""
     folder = lease_dir(env)
+    if not folder.is_absolute():
+        raise LeaseDirError(f"{str(folder)!r} is a relative path; use an absolute path")
     out: dict[int, dict[str, Any]] = {}
     for i in view.ids or []:
         try:
