@@ -94,6 +94,7 @@ RULES: dict[str, Rule] = {
             ("L007", "several processes, no GPU, and use_cpu unset"),
             ("L008", "launch.gpus auto in a rendered script (GPUs are picked when run starts)"),
             ("M001", "a model whose shape (config.json) sftctl cannot find"),
+            ("M002", "no layout fits the GPUs (sftctl plan)"),
         ),
         *_rules(
             "host",

@@ -1,7 +1,8 @@
-"""Commands that size a run before it starts: estimate."""
+"""Commands that size a run before it starts: estimate, plan."""
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -13,6 +14,7 @@ from sftctl.cli.options import JsonOpt, TargetSpec, target_command
 def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``."""
     app.command()(estimate)
+    app.command()(plan)
 
 
 SeqLenOpt = Annotated[
@@ -39,3 +41,55 @@ def estimate(spec: TargetSpec, seq_len: SeqLenOpt = None, as_json: JsonOpt = Fal
             sys.stdout.write(json.dumps(result.as_dict(), indent=2, ensure_ascii=False) + "\n")
             return
         views.estimate_table(result)
+
+
+def _gib(value: str) -> float:
+    """'80GiB', '80G', '24 GB', '81920MiB' as bytes (GB read as GiB: cards are sold that way)."""
+    text = value.strip().lower().replace(" ", "")
+    for suffix, scale in (("gib", 2**30), ("gb", 2**30), ("g", 2**30), ("mib", 2**20), ("mb", 2**20)):
+        if text.endswith(suffix):
+            text, factor = text[: -len(suffix)], scale
+            break
+    else:
+        factor = 2**30
+    try:
+        number = float(text)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a memory size (give e.g. 80GiB)") from None
+    if not number > 0:
+        raise typer.BadParameter(f"{value!r} is not a memory size (give e.g. 80GiB)")
+    return number * factor
+
+
+def plan(
+    model: Annotated[str, typer.Option("--model", help="The model id or local path.")],
+    tuner: Annotated[str, typer.Option("--tuner", help="full or lora.")] = "full",
+    gpus: Annotated[
+        str, typer.Option("--gpus", help="auto (the free GPUs here), a count (8) or ids (0,1,2,3).")
+    ] = "auto",
+    gpu_mem: Annotated[
+        str | None, typer.Option("--gpu-mem", help="Memory per GPU, e.g. 80GiB (default: what is free here).")
+    ] = None,
+    max_length: Annotated[int, typer.Option("--max-length", min=1, help="Tokens per row.")] = 2048,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="The effective batch to keep.")] = 32,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write the pick as a config.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Every layout that fits, why the others do not, and the best pick as a config."""
+    from sftctl.cli import views
+    from sftctl.resources.planner import plan_config, plan_for
+
+    with boundary():
+        if tuner not in ("full", "lora"):
+            raise typer.BadParameter(f"{tuner!r}: give full or lora", param_hint="--tuner")
+        result, ids = plan_for(model, tuner, gpus, _gib(gpu_mem) if gpu_mem else None, max_length, batch)
+        if output is not None:
+            from sftctl.util.fs import write_atomic
+
+            write_atomic(output, plan_config(result, ids))
+        if as_json:
+            sys.stdout.write(json.dumps(result.as_dict(), indent=2, ensure_ascii=False) + "\n")
+        else:
+            views.plan_table(result)
+        if output is not None:
+            print(f"wrote {output}: sftctl validate {output}; sftctl run {output}", file=sys.stderr)

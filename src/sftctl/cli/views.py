@@ -12,6 +12,7 @@ from sftctl.config.resolve import Overrides, Resolved, resolve
 from sftctl.config.yamlio import dump
 from sftctl.resources.memory import Estimate
 from sftctl.resources.params import count, human
+from sftctl.resources.planner import Plan
 from sftctl.swift.dialect import RENAMED_3_TO_4
 from sftctl.util.text import one_line
 
@@ -219,3 +220,33 @@ def estimate_table(result: Estimate) -> None:
     print(f"checkpoint: {result.checkpoint_bytes / gib:.2f} GiB on disk each ({what})")
     for note in result.notes:
         print(f"note: {one_line(note)}")
+
+
+def plan_table(result: Plan) -> None:
+    """Every layout with its estimated peak, or why it does not fit; the pick first."""
+    from rich.console import Console
+    from rich.table import Table
+
+    print(
+        f"{one_line(result.model)} {result.tuner} on {result.gpus} x {result.gpu_gib} GiB, "
+        f"max_length {result.max_length}, effective batch {result.effective_batch}"
+    )
+    table = Table(box=None, header_style="bold", padding=(0, 2, 0, 0))
+    for col in ("layout", "fits", "batch x accum", "GiB per GPU", "comm GiB/step", "why"):
+        table.add_column(col)
+    ordered = sorted(result.options, key=lambda o: (not o.fits, o.rank() if o.fits else (9, 9, 9, 0.0, 0)))
+    for o in ordered:
+        mark = "pick" if o is result.pick else ("yes" if o.fits else "no")
+        shape = f"{o.per_device_batch} x {o.grad_accum}" if o.fits else "-"
+        peak = "-" if o.peak_gib is None else f"{o.peak_gib:.1f}"
+        comm = f"{o.comm_gib:.1f}" if o.fits else "-"
+        table.add_row(o.layout.name, mark, shape, peak, comm, "" if o.fits else one_line(o.why))
+    Console(width=max(140, Console().width)).print(table)
+    if result.pick is None:
+        print("no layout fits: more or larger GPUs, a shorter max_length, or LoRA")
+    else:
+        print(f"pick: {result.pick.layout.name} (no offload before offload, full precision before 4-bit,")
+        print("  data parallel before device_map, then fewer bytes communicated, then a larger batch)")
+    print(f"learning rate: {result.learning_rate:g} ({result.learning_rate_why})")
+    for note in result.notes:
+        print(f"note: {note}")

@@ -290,6 +290,11 @@ def _layer_bytes(shape: Shape, run: Run, act: int) -> float:
     return LAYER_SCALE * per
 
 
+def trainable_of(shape: Shape, args: Mapping[str, Any]) -> int:
+    """The parameters a run with ``args`` trains."""
+    return _trainable(shape, read_run(args, shape, 1, False))
+
+
 def _trainable(shape: Shape, run: Run) -> int:
     """The parameters that get gradients and optimizer state."""
     if run.tuner == "full":
