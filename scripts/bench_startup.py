@@ -86,10 +86,18 @@ def main() -> None:
     subprocess.run([sftctl, "render", "zero2-qwen3-8b"], env=env, capture_output=True, check=True)  # warm
     # The quick commands alternate, so slow spells of a shared machine hit all of them alike;
     # the long ms-swift runs come last.
-    times: dict[str, list[float]] = {"validate": [], "render": [], "typer": [], "deps": []}
+    times: dict[str, list[float]] = {
+        "validate": [], "render": [], "estimate": [], "plan": [], "typer": [], "deps": []
+    }  # fmt: skip
     quick = {
         "validate": ([sftctl, "validate", str(config)], 1, "lerning_rate"),
         "render": ([sftctl, "render", "zero2-qwen3-8b"], 0, None),
+        "estimate": ([sftctl, "estimate", "zero2-qwen3-8b", "--json"], 0, "peak_bytes"),
+        "plan": (
+            [sftctl, "plan", "--model", "Qwen/Qwen3-8B", "--gpus", "8", "--gpu-mem", "80GiB", "--json"],
+            0,
+            "effective_batch",
+        ),
         "typer": ([sys.executable, "-c", "import typer"], 0, None),
         # What the dependencies alone cost before sftctl does anything: Typer 0.29 parses
         # arguments with pydantic TypeAdapters, so its adapters and pydantic load every time.
@@ -98,8 +106,8 @@ def main() -> None:
     for _ in range(opts.runs):
         for name, (argv, code, says) in quick.items():
             times[name].append(median_of(1, argv, env, work, expect=code, must_say=says))
-    validate, render, typer_only, deps = (
-        statistics.median(times[k]) for k in ("validate", "render", "typer", "deps")
+    validate, render, estimate, plan, typer_only, deps = (
+        statistics.median(times[k]) for k in ("validate", "render", "estimate", "plan", "typer", "deps")
     )
     swift = median_of(
         opts.swift_runs,
@@ -142,8 +150,13 @@ def main() -> None:
     print(f"{'  ratio render / import typer':58} {render / typer_only:9.2f}x")
     print(f"{'typer + its pydantic adapters + pydantic + yaml imported':58} {deps:9.3f}")
     print(f"{'  what sftctl adds to them (render)':58} {render - deps:9.3f}")
+    print(f"{'sftctl estimate zero2-qwen3-8b --json':58} {estimate:9.3f}")
+    print(f"{'  ratio swift (first failure) / sftctl estimate':58} {swift / estimate:9.1f}x")
+    print(f"{'sftctl plan Qwen3-8B on 8 x 80 GiB --json':58} {plan:9.3f}")
     ok = validate < FLOOR_S and render < FLOOR_S
     print(f"floor {FLOOR_S} s for validate and render: {'met' if ok else 'NOT met'}")
+    fast = estimate < 1.0 and plan < 1.0
+    print(f"floor 1 s for estimate and plan: {'met' if fast else 'NOT met'}")
 
 
 if __name__ == "__main__":

@@ -186,7 +186,7 @@ def make_plan(
                 b,
                 accum,
                 round(peak / GIB, 1),
-                _comm_gib(shape, lay, trainable, accum),
+                round(_comm_gib(shape, lay, trainable, accum), 2),
                 f"batch {b} x {lay.nproc} process(es) x accumulation {accum}: {peak / GIB:.1f} GiB per GPU",
             )
         )
