@@ -385,3 +385,18 @@ def test_the_shared_default_folder_must_be_roots_or_mine(tmp_path: Path) -> None
     with pytest.raises(LeaseDirError, match="belongs to another user .* let root create it"):
         _ready(squatted, default=True)
     assert _ready(squatted, default=False) == squatted  # an explicit SFTCTL_LEASE_DIR is the user's call
+
+
+def test_the_record_holds_each_process_peak_gpu_memory_from_nvml(host: Host) -> None:
+    # The stand-in NVML shows every process of the run on GPU 2 with 5 GiB.
+    host.machine({"gpus": [gpu(0), gpu(1), gpu(2, processes=[{"pid": "marked", "used": 5 * GIB}]), gpu(3)]})
+    proc = host.start("a", "--gpus", "2")
+    host.given(1)
+    time.sleep(2.5)  # the supervisor samples NVML about once a second
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    (manifest,) = (host.work / "out-a" / ".sftctl").glob("*/manifest.json")
+    data = json.loads(manifest.read_text())
+    assert data["peak_gpu_bytes"] == 5 * GIB
+    assert all(v == 5 * GIB for v in data["peak_gpu_bytes_per_process"].values())
+    assert str(data["pid"]) in data["peak_gpu_bytes_per_process"]

@@ -6,6 +6,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from sftctl.config.presets import PresetInfo
 from sftctl.config.resolve import Overrides, Resolved, resolve
@@ -95,6 +96,15 @@ def show_target(target: str, overrides: Overrides) -> None:
     sys.stdout.write("\n".join(out) + "\n")
 
 
+def _peak_gpu(record: dict[str, Any]) -> str:
+    """ms-swift's logged memory(GiB) of rank 0, else NVML's busiest process."""
+    logged = record.get("peak_gpu_memory_gib")
+    if isinstance(logged, (int, float)) and not isinstance(logged, bool):
+        return f"{logged:.1f} GiB"
+    sampled = record.get("peak_gpu_bytes")
+    return human(sampled) if isinstance(sampled, int) and not isinstance(sampled, bool) else ""
+
+
 def runs_table(output_dir: Path, as_json: bool) -> None:
     """The runs recorded under ``output_dir``."""
     from sftctl.runtime.record import effective_status, list_runs
@@ -124,7 +134,18 @@ def runs_table(output_dir: Path, as_json: bool) -> None:
     from rich.table import Table
 
     table = Table(box=None, header_style="bold", padding=(0, 1, 0, 0))
-    columns = ("run", "id", "target", "status", "started", "wall s", "loss", "peak RSS", "last checkpoint")
+    columns = (
+        "run",
+        "id",
+        "target",
+        "status",
+        "started",
+        "wall s",
+        "loss",
+        "peak RSS",
+        "peak GPU",
+        "last checkpoint",
+    )
     for col in columns:
         # Folder names and ids are copied into other commands: never broken across lines.
         table.add_column(col, overflow="fold", no_wrap=col not in ("target",))
@@ -148,6 +169,7 @@ def runs_table(output_dir: Path, as_json: bool) -> None:
             str(r.get("wall_seconds", "")),
             loss,
             human(r["peak_rss_bytes"]) if isinstance(r.get("peak_rss_bytes"), int) else "",
+            _peak_gpu(r),
             Path(str(r.get("last_checkpoint") or "")).name,
         ]
         table.add_row(*(one_line(c) for c in cells))  # a record's text never drives the terminal

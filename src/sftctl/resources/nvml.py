@@ -142,3 +142,42 @@ def inventory(env: Mapping[str, str] | None = None) -> Inventory:
         with contextlib.suppress(nvml.NVMLError):
             nvml.nvmlShutdown()
     return Inventory(_visible(gpus, env))
+
+
+class Sampler:
+    """GPU memory of given processes, sampled from NVML while a run trains (NVML is
+    initialised once; without it, every sample is empty)."""
+
+    def __init__(self) -> None:
+        self.peak: dict[int, int] = {}  # pid -> the most GPU memory it held, over all GPUs
+        self._nvml: Any = None
+        try:
+            import pynvml as nvml
+
+            nvml.nvmlInit()
+            self._nvml = nvml
+        except Exception:  # noqa: BLE001 - no NVML (or a broken one): nothing to sample
+            self._nvml = None
+
+    def sample(self, pids: set[int]) -> None:
+        """Note how much GPU memory each of ``pids`` holds now."""
+        nvml = self._nvml
+        if nvml is None or not pids:
+            return
+        now: dict[int, int] = {}
+        try:
+            for i in range(int(nvml.nvmlDeviceGetCount())):
+                for p in nvml.nvmlDeviceGetComputeRunningProcesses(nvml.nvmlDeviceGetHandleByIndex(i)):
+                    used = getattr(p, "usedGpuMemory", None)
+                    if int(p.pid) in pids and isinstance(used, int):
+                        now[int(p.pid)] = now.get(int(p.pid), 0) + used
+        except nvml.NVMLError:
+            return
+        for pid, used in now.items():
+            self.peak[pid] = max(self.peak.get(pid, 0), used)
+
+    def close(self) -> None:
+        if self._nvml is not None:
+            with contextlib.suppress(Exception):
+                self._nvml.nvmlShutdown()
+            self._nvml = None

@@ -446,6 +446,9 @@ def _supervise(
 
     # The end of the output, kept here: the log on disk may have stopped (a full disk).
     tail: collections.deque[str] = collections.deque(maxlen=25)
+    from sftctl.resources.nvml import Sampler
+
+    gpu = Sampler() if cmd.env.get("CUDA_VISIBLE_DEVICES") else None  # a GPU run: NVML's view of it
     try:
         with Follower(record.discover, mode, start_offset=record.jsonl_offset) as follower:
 
@@ -463,10 +466,15 @@ def _supervise(
                 on_start=started,
                 on_line=on_line,
                 pass_fds=held.fds(),
+                on_scan=None if gpu is None else gpu.sample,
             )
     except supervise.StartError as exc:
         record.finish(status="failed to start", exit_code=None, error=str(exc))
         raise LaunchError(f"could not run {cmd.argv[0]}: {exc}") from None
+    finally:
+        if gpu is not None:
+            gpu.close()
+    per_rank = {str(pid): used for pid, used in sorted(gpu.peak.items())} if gpu else {}
     wall = time.monotonic() - wall
     status = (
         "killed"
@@ -493,6 +501,8 @@ def _supervise(
         peak_rss_bytes=outcome.peak_rss,
         peak_process_rss_bytes=outcome.peak_rss_process,
         peak_gpu_memory_gib=stats.peak_memory_gib,
+        peak_gpu_bytes=max(per_rank.values()) if per_rank else None,
+        peak_gpu_bytes_per_process=per_rank or None,
     )
     if mode != "quiet":
         _summary(record, outcome, stats, wall, list(tail))
@@ -534,6 +544,9 @@ def _summary(record: RunRecord, outcome: supervise.Outcome, stats: Any, wall: fl
     used = [f"host RSS {human(outcome.peak_rss)} (all processes)"] if outcome.peak_rss else []
     if stats.peak_memory_gib is not None:
         used.append(f"GPU {stats.peak_memory_gib:.2f} GiB (rank 0, ms-swift's memory(GiB))")
+    nvml_peak = record.data.get("peak_gpu_bytes")
+    if isinstance(nvml_peak, int):
+        used.append(f"GPU {human(nvml_peak)} (the busiest process, NVML)")
     if used:
         lines.append(f"  peak memory: {', '.join(used)}")
     guess = record.data.get("estimate")

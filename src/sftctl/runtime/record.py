@@ -247,10 +247,12 @@ _FIELDS: dict[str, tuple[type, ...]] = {
         (str, type(None)),
     ),
     **dict.fromkeys(("pid", "leader_start", "supervisor_pid", "supervisor_start", "exit_code", "signal",
-                     "peak_rss_bytes", "peak_process_rss_bytes"), (int, type(None))),
+                     "peak_rss_bytes", "peak_process_rss_bytes", "peak_gpu_bytes"), (int, type(None))),
     "peak_gpu_memory_gib": (int, float, type(None)),
     **dict.fromkeys(("argv", "unset", "descendants", "files", "watchdog"), (list, type(None))),
-    **dict.fromkeys(("env", "config", "versions", "estimate"), (dict, type(None))),
+    **dict.fromkeys(
+        ("env", "config", "versions", "estimate", "peak_gpu_bytes_per_process"), (dict, type(None))
+    ),
     "grace": (int, float, type(None)),
     "swift_version": (int, str, type(None)),
 }  # fmt: skip

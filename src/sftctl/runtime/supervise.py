@@ -346,6 +346,7 @@ def run_supervised(
     on_start: Callable[[int], None] | None = None,
     leftover_grace: float = 5.0,
     pass_fds: tuple[int, ...] = (),
+    on_scan: Callable[[set[int]], None] | None = None,
 ) -> Outcome:
     """Run `argv` with exactly `env` in a new session and supervise its process tree.
 
@@ -357,7 +358,8 @@ def run_supervised(
     SIGKILL. If the leader exits on its own while descendants still run (the
     `swift` launcher orphans its child), those get SIGTERM, then SIGKILL after
     `leftover_grace`. `pass_fds` are handed to the command (locks it must hold while it
-    lives). Raises StartError if the command cannot be started.
+    lives). `on_scan` gets the tree's live pids about once a second (to sample their GPU
+    memory). Raises StartError if the command cannot be started.
     """
     pending: list[int] = []
     wake_r, wake_w = os.pipe()
@@ -405,7 +407,7 @@ def run_supervised(
             on_start(proc.pid)
         code, forwarded, killed, leftovers = _supervise(
             proc, tree, _Output(log, on_line, echo), pending, wake_r,
-            grace=grace, poll_interval=poll_interval, leftover_grace=leftover_grace,
+            grace=grace, poll_interval=poll_interval, leftover_grace=leftover_grace, on_scan=on_scan,
         )  # fmt: skip
         return Outcome(
             returncode=code,
@@ -448,6 +450,7 @@ def _supervise(
     grace: float,
     poll_interval: float,
     leftover_grace: float,
+    on_scan: Callable[[set[int]], None] | None = None,
 ) -> tuple[int, int | None, bool, list[int]]:
     """The main loop; returns (returncode, forwarded signal, killed, leftovers)."""
     assert proc.stdout is not None
@@ -470,6 +473,7 @@ def _supervise(
     term_deadline: float | None = None  # when survivors get SIGKILL
     kill_deadline: float | None = None  # when we stop waiting after SIGKILL
     next_scan = time.monotonic()
+    next_report = next_scan
     try:
         while True:
             now = time.monotonic()
@@ -496,6 +500,9 @@ def _supervise(
                 tree.scan()
                 tree.sample_memory()
                 next_scan = now + poll_interval
+                if on_scan is not None and now >= next_report:
+                    on_scan(set(tree.live()))
+                    next_report = now + 1.0
             if rc is None:
                 rc = proc.poll()
 

@@ -4,12 +4,15 @@ the JSON file named by $STAND_IN_NVML describes:
 
 {"missing": false, "gpus": [{"name": ..., "uuid": ..., "total": bytes, "used": bytes,
   "util": 0-100, "processes": [{"pid": P, "used": bytes}], "mig": [{...same keys...}]}]}
+
+A process entry with pid "marked" lists every process carrying an sftctl run marker.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -66,8 +69,26 @@ def nvmlDeviceGetUtilizationRates(h: dict[str, Any]) -> SimpleNamespace:  # noqa
     return SimpleNamespace(gpu=h["util"], memory=0)
 
 
+def _marked() -> list[int]:
+    """Every process that carries an sftctl run marker (SFTCTL_RUN_ID in its environment)."""
+    out = []
+    for name in os.listdir("/proc"):
+        try:
+            if name.isdigit() and b"SFTCTL_RUN_ID=" in Path(f"/proc/{name}/environ").read_bytes():
+                out.append(int(name))
+        except OSError:
+            continue
+    return out
+
+
 def nvmlDeviceGetComputeRunningProcesses(h: dict[str, Any]) -> list[SimpleNamespace]:  # noqa: N802
-    return [SimpleNamespace(pid=p["pid"], usedGpuMemory=p.get("used")) for p in h.get("processes", [])]
+    """The configured processes; pid "marked" stands for every process of an sftctl run, as
+    if the run's ranks were on this GPU."""
+    out = []
+    for p in h.get("processes", []):
+        pids = _marked() if p["pid"] == "marked" else [p["pid"]]
+        out += [SimpleNamespace(pid=pid, usedGpuMemory=p.get("used")) for pid in pids]
+    return out
 
 
 def nvmlDeviceGetMigMode(h: dict[str, Any]) -> tuple[int, int]:  # noqa: N802
