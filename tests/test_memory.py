@@ -110,7 +110,13 @@ def test_lora_zero3_and_ddp_by_hand() -> None:
 
 
 def test_qlora_moe_and_device_map_by_hand() -> None:
-    q = {"tuner_type": "lora", "quant_bits": 4, "max_length": 32, "gradient_accumulation_steps": 1}
+    q = {
+        "tuner_type": "lora",
+        "quant_bits": 4,
+        "quant_method": "bnb",
+        "max_length": 32,
+        "gradient_accumulation_steps": 1,
+    }
     got = terms(memory.estimate(MOE, q, ONE_GPU))
     linear = MOE.linear_params(experts=False)
     assert linear == 2 * (128 * 128 + 2 * 128 * 64 + 128 * 128)  # experts stay in bf16

@@ -16,17 +16,17 @@ RUNNER = CliRunner(env={"COLUMNS": "140", "NO_COLOR": "1", "SFTCTL_SWIFT_VERSION
 CASES = {
     # model, tuner, GPUs, memory, max_length, effective batch -> layout, batch, accumulation, lr
     "qwen3-8b-full-8x80": (
-        ["--model", "Qwen/Qwen3-8B", "--tuner", "full", "--gpus", "8", "--gpu-mem", "80GiB",
+        ["--model", "Qwen/Qwen3-8B", "--tuner", "full", "--gpu-count", "8", "--gpu-mem", "80GiB",
          "--max-length", "4096", "--batch", "64"],
         ("zero2", 8, 4, 2, 1e-5),
     ),
     "qwen3-30b-a3b-full-5x80": (
-        ["--model", "Qwen/Qwen3-30B-A3B-Thinking-2507", "--tuner", "full", "--gpus", "5",
+        ["--model", "Qwen/Qwen3-30B-A3B-Thinking-2507", "--tuner", "full", "--gpu-count", "5",
          "--gpu-mem", "80GiB", "--max-length", "2048", "--batch", "40"],
         ("device_map", 1, 4, 10, 2e-6),
     ),
     "qwen2.5-7b-lora-1x24": (
-        ["--model", "Qwen/Qwen2.5-7B-Instruct", "--tuner", "lora", "--gpus", "1", "--gpu-mem", "24GiB",
+        ["--model", "Qwen/Qwen2.5-7B-Instruct", "--tuner", "lora", "--gpu-count", "1", "--gpu-mem", "24GiB",
          "--max-length", "2048", "--batch", "32"],
         ("single", 1, 1, 32, 2e-4),
     ),
@@ -42,7 +42,7 @@ def test_plan_picks_and_explains(case: str, tmp_path: Path) -> None:
     pick = plan["pick"]
     assert (pick["layout"]["name"], pick["layout"]["nproc"]) == (layout, nproc)
     assert (pick["per_device_batch"], pick["grad_accum"], plan["learning_rate"]) == (batch, accum, lr)
-    gpus = int(argv[argv.index("--gpus") + 1])
+    gpus = int(argv[argv.index("--gpu-count") + 1])
     assert batch * nproc * accum == plan["effective_batch"]
     refused = [o for o in plan["options"] if not o["fits"]]
     assert all("GiB usable" in o["why"] or "does not divide" in o["why"] for o in refused)
@@ -72,7 +72,7 @@ def test_nothing_fits_is_said_and_writes_nothing(tmp_path: Path) -> None:
         "Qwen/Qwen2.5-72B-Instruct",
         "--tuner",
         "full",
-        "--gpus",
+        "--gpu-count",
         "1",
         "--gpu-mem",
         "24GiB",
@@ -84,10 +84,39 @@ def test_nothing_fits_is_said_and_writes_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "x.yaml").exists()
 
 
-def test_plan_mistakes_are_one_clear_message() -> None:
-    out = RUNNER.invoke(app, ["plan", "--model", "Qwen/Qwen3-8B", "--gpus", "2", "--gpu-mem", "lots"])
-    assert out.exit_code == 2 and "'lots' is not a memory size" in out.output
-    out = RUNNER.invoke(app, ["plan", "--model", "Qwen/Qwen3-8B", "--gpus", "auto"])
-    assert out.exit_code == 1 and "Traceback" not in out.output  # no GPU on this machine
-    out = RUNNER.invoke(app, ["plan", "--model", "acme/none", "--gpus", "2", "--gpu-mem", "80GiB"])
+def test_plan_mistakes_are_one_clear_message(tmp_path: Path) -> None:
+    base = ["plan", "--model", "Qwen/Qwen3-8B"]
+    for mem in ("lots", "0GiB", "-80GiB", "nan", "inf"):
+        out = RUNNER.invoke(app, [*base, "--gpu-count", "2", "--gpu-mem", mem])
+        assert (
+            out.exit_code == 2 and f"{mem!r} is not a memory size" in out.output and "--gpu-mem" in out.output
+        )
+    out = RUNNER.invoke(app, [*base, "--gpus", "auto"])  # no GPU on this machine
+    assert out.exit_code == 1 and "--gpus:" in out.output and "--gpu-count 8 --gpu-mem 80GiB" in out.output
+    assert "refused before launch" not in out.output
+    out = RUNNER.invoke(app, [*base, "--gpus", "0,1"])  # ids of another machine: memory unknown
+    assert out.exit_code == 1 and "--gpu-mem: the memory per GPU is not known" in out.output
+    out = RUNNER.invoke(app, ["plan", "--model", "acme/none", "--gpu-count", "2", "--gpu-mem", "80GiB"])
     assert out.exit_code == 1 and "no shape for model 'acme/none'" in out.output
+    kept = tmp_path / "mine.yaml"
+    kept.write_text("# my config\n")
+    out = RUNNER.invoke(app, [*base, "--gpu-count", "8", "--gpu-mem", "80GiB", "-o", str(kept)])
+    assert out.exit_code == 2 and "exists; --force overwrites it" in out.output
+    assert kept.read_text() == "# my config\n"
+
+
+def test_qlora_is_written_and_estimated_as_ms_swift_runs_it(tmp_path: Path) -> None:
+    argv = ["plan", "--model", "Qwen/Qwen3-8B", "--tuner", "lora", "--gpu-count", "1", "--gpu-mem", "16GiB"]
+    out = RUNNER.invoke(app, [*argv, "-o", str(tmp_path / "q.yaml")])
+    assert out.exit_code == 0, out.output
+    config = yaml.safe_load((tmp_path / "q.yaml").read_text())
+    assert config["args"]["quant_bits"] == 4 and config["args"]["quant_method"] == "bnb"
+    quantized = json.loads(RUNNER.invoke(app, ["estimate", str(tmp_path / "q.yaml"), "--json"]).stdout)
+    plain = json.loads(
+        RUNNER.invoke(
+            app, ["estimate", str(tmp_path / "q.yaml"), "--set", "quant_method=null", "--json"]
+        ).stdout
+    )
+    assert quantized["peak_bytes"] < plain["peak_bytes"] - 8 * 2**30  # 4-bit linear weights
+    out = RUNNER.invoke(app, ["validate", str(tmp_path / "q.yaml"), "--set", "quant_method=null"])
+    assert out.exit_code == 0 and "warning: args.quant_bits: quant_bits 4 without quant_method" in out.output

@@ -392,6 +392,16 @@ def check_combinations(
                 + f"use one of {', '.join(DEEPSPEED_BUILTINS)}, a .json path or inline JSON",
             )
         )
+    if args.get("quant_bits") not in (None, "") and args.get("quant_method") in (None, ""):
+        problems.append(
+            report(
+                "A018",
+                "args.quant_bits",
+                f"quant_bits {args['quant_bits']} without quant_method: ms-swift quantizes only when "
+                "quant_method is set, so the model would load unquantized",
+                "add quant_method: bnb (QLoRA with bitsandbytes)",
+            )
+        )
     attn = args.get("attn_impl")
     for flag in ("packing", "padding_free"):
         if args.get(flag) is True and attn not in FLASH_ATTN:

@@ -83,6 +83,7 @@ RULES: dict[str, Rule] = {
             ("A015", "a value that ms-swift would read as a flag (starts with --)"),
             ("A016", "a number outside the range ms-swift, transformers or torch accept"),
             ("A017", "a value with a NUL character, which no command line can carry"),
+            ("A018", "quant_bits without quant_method: ms-swift loads the model unquantized", "warning"),
             ("S001", "a secret passed as an ms-swift argument"),
             ("S002", "a secret written into the config's env"),
             ("L001", "more than one node (not supported yet)"),

@@ -34,7 +34,7 @@ def validate_many(
             from sftctl.resources.leases import holders
 
             gpu_run = bool(resolved.config.launch.gpus) and not resolved.layout.use_cpu
-            out[target] = hostcheck.check(
+            out[target] = resolved.warnings + hostcheck.check(
                 resolved,
                 os.environ,
                 path_of=builtin_paths(resolved),
@@ -42,5 +42,5 @@ def validate_many(
                 leased=holders(os.environ, picker.view) if gpu_run else None,
             )
         else:
-            out[target] = []
+            out[target] = list(resolved.warnings)
     return out

@@ -1,6 +1,7 @@
 """Commands that size a run before it starts: estimate, plan."""
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -55,9 +56,9 @@ def _gib(value: str) -> float:
     try:
         number = float(text)
     except ValueError:
-        raise typer.BadParameter(f"{value!r} is not a memory size (give e.g. 80GiB)") from None
-    if not number > 0:
-        raise typer.BadParameter(f"{value!r} is not a memory size (give e.g. 80GiB)")
+        number = math.nan
+    if not (math.isfinite(number) and 0 < number <= 1e6):
+        raise typer.BadParameter(f"{value!r} is not a memory size (give e.g. 80GiB)", param_hint="--gpu-mem")
     return number * factor
 
 
@@ -65,14 +66,18 @@ def plan(
     model: Annotated[str, typer.Option("--model", help="The model id or local path.")],
     tuner: Annotated[str, typer.Option("--tuner", help="full or lora.")] = "full",
     gpus: Annotated[
-        str, typer.Option("--gpus", help="auto (the free GPUs here), a count (8) or ids (0,1,2,3).")
-    ] = "auto",
+        str | None, typer.Option("--gpus", help="auto or auto:N (the free GPUs here), or ids (0,1,2,3).")
+    ] = None,
+    gpu_count: Annotated[
+        int | None, typer.Option("--gpu-count", min=1, help="Plan for N GPUs of a machine you are not on.")
+    ] = None,
     gpu_mem: Annotated[
         str | None, typer.Option("--gpu-mem", help="Memory per GPU, e.g. 80GiB (default: what is free here).")
     ] = None,
     max_length: Annotated[int, typer.Option("--max-length", min=1, help="Tokens per row.")] = 2048,
     batch: Annotated[int, typer.Option("--batch", min=1, help="The effective batch to keep.")] = 32,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write the pick as a config.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite the -o file if it exists.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Every layout that fits, why the others do not, and the best pick as a config."""
@@ -82,7 +87,12 @@ def plan(
     with boundary():
         if tuner not in ("full", "lora"):
             raise typer.BadParameter(f"{tuner!r}: give full or lora", param_hint="--tuner")
-        result, ids = plan_for(model, tuner, gpus, _gib(gpu_mem) if gpu_mem else None, max_length, batch)
+        if gpus is not None and gpu_count is not None:
+            raise typer.BadParameter("give --gpus or --gpu-count, not both", param_hint="--gpu-count")
+        if output is not None and output.exists() and not force:
+            raise typer.BadParameter(f"{output} exists; --force overwrites it", param_hint="-o")
+        memory = _gib(gpu_mem) if gpu_mem else None
+        result, ids = plan_for(model, tuner, gpus, gpu_count, memory, max_length, batch)
         if output is not None:
             from sftctl.util.fs import write_atomic
 

@@ -223,7 +223,6 @@ def estimate_table(result: Estimate) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    gib = 1024**3
     where = "process" if result.quantity.startswith("RssAnon") else "GPU"
     print(f"{one_line(result.model)}: {count(result.params)} parameters, {count(result.trainable)} trained")
     print(f"  shape from {one_line(result.shape_source)}")
@@ -231,15 +230,15 @@ def estimate_table(result: Estimate) -> None:
     print(f"  predicts: {result.quantity}")
     table = Table(box=None, header_style="bold", padding=(0, 2, 0, 0))
     table.add_column("term")
-    table.add_column("GiB", justify="right")
+    table.add_column("memory", justify="right")
     table.add_column("why")
     for term in result.terms:
-        table.add_row(term.name, f"{term.bytes / gib:.2f}", one_line(term.why))
-    table.add_row(f"[bold]peak per {where}[/bold]", f"[bold]{result.peak_bytes / gib:.2f}[/bold]", "")
+        table.add_row(term.name, human(term.bytes) if term.bytes else "0", one_line(term.why))
+    table.add_row(f"[bold]peak per {where}[/bold]", f"[bold]{human(result.peak_bytes)}[/bold]", "")
     Console(width=max(120, Console().width)).print(table)
-    print(f"host RAM: {result.host_bytes / gib:.1f} GiB for the node's training processes")
+    print(f"host RAM: {human(result.host_bytes)} for the node's training processes")
     what = "weights or adapters, and the optimizer state"
-    print(f"checkpoint: {result.checkpoint_bytes / gib:.2f} GiB on disk each ({what})")
+    print(f"checkpoint: {human(result.checkpoint_bytes)} on disk each ({what})")
     for note in result.notes:
         print(f"note: {one_line(note)}")
 
@@ -254,7 +253,7 @@ def plan_table(result: Plan) -> None:
         f"max_length {result.max_length}, effective batch {result.effective_batch}"
     )
     table = Table(box=None, header_style="bold", padding=(0, 2, 0, 0))
-    for col in ("layout", "fits", "batch x accum", "GiB per GPU", "comm GiB/step", "why"):
+    for col in ("layout", "fits", "batch x accum", "GiB per GPU*", "comm GiB/step", "why"):
         table.add_column(col)
     ordered = sorted(result.options, key=lambda o: (not o.fits, o.rank() if o.fits else (9, 9, 9, 0.0, 0)))
     for o in ordered:
@@ -264,6 +263,7 @@ def plan_table(result: Plan) -> None:
         comm = f"{o.comm_gib:.1f}" if o.fits else "-"
         table.add_row(o.layout.name, mark, shape, peak, comm, "" if o.fits else one_line(o.why))
     Console(width=max(140, Console().width)).print(table)
+    print("* the estimated peak plus the CUDA context (0.5 GiB), as nvidia-smi shows a run")
     if result.pick is None:
         print("no layout fits: more or larger GPUs, a shorter max_length, or LoRA")
     else:

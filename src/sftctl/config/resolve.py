@@ -76,6 +76,7 @@ class Resolved:
     layout: Layout
     version_source: str
     notes: list[str] = field(default_factory=list)  # what sftctl decided for the user, for show
+    warnings: list[Problem] = field(default_factory=list)  # config-phase warnings (they stop nothing)
 
     @property
     def effective_batch(self) -> int | None:
@@ -264,7 +265,7 @@ def resolve_loaded(
     if errors_of(problems):
         raise ConfigError(problems=problems)
     config = config.model_copy(update={"args": args})
-    return Resolved(loaded, config, major, args, layout, source, notes)
+    return Resolved(loaded, config, major, args, layout, source, notes, list(problems))
 
 
 def _launch_counts(data: dict[str, Any]) -> tuple[int, int] | None:

@@ -241,7 +241,8 @@ def read_run(
     tuner = str(args.get("tuner_type") or args.get("train_type") or "lora").lower()
     dtype_name = str(args.get("torch_dtype") or "bfloat16").lower()
     dtype = DTYPE_BYTES.get(dtype_name, 2)
-    bits = args.get("quant_bits")
+    # ms-swift quantizes only when quant_method is set; quant_bits reads as text ('4').
+    bits = str(args.get("quant_bits")) if args.get("quant_method") not in (None, "") else ""
     batch = _int(args.get("per_device_train_batch_size"), 1)
     # ms-swift's max_length defaults to the model's own limit.
     max_length = _int(args.get("max_length"), 0) or shape.max_positions
@@ -253,7 +254,7 @@ def read_run(
         tuner="full" if tuner == "full" else "lora",
         dtype=dtype,
         amp_fp16=dtype == 4 and not cpu,
-        quant_bits=bits if isinstance(bits, int) and bits in (4, 8) else None,
+        quant_bits=int(bits) if bits in ("4", "8") else None,
         dora=truthy(args.get("use_dora")),
         lora_rank=_int(args.get("lora_rank"), 8),
         lora_dropout=args.get("lora_dropout", 0.05) not in (0, 0.0, "0", "0.0"),
@@ -395,7 +396,9 @@ def estimate(
             step = 0.0
         else:
             opt = t * 12 / world
-            owhy = f"fp32 master weights and moments, 12 B per trainable parameter split over {world} ranks"
+            owhy = "fp32 master weights and moments, 12 B per trainable parameter" + (
+                f" split over {world} ranks" if world > 1 else ""
+            )
             # The fp32 gradient partition made at the step (ZeRO-3: per sub-group of 1e9).
             step = 4 * (min(t / world, 1e9) if zero.stage == 3 else t / world)
     else:
@@ -467,6 +470,8 @@ def estimate(
     rows = (
         "packing fills each row to max_length"
         if truthy(args.get("packing"))
+        else f"the longest row given, capped at max_length {run.seq_len}"
+        if seq_len and seq_len > run.seq_len
         else "the longest row given"
         if seq_len
         else "max_length: pass --seq-len for your data's longest row"
@@ -507,8 +512,11 @@ def estimate(
     )
 
 
-# Host memory of one training process before the model: Python, torch, CUDA, ms-swift.
+# Host memory of one training process before the model: Python, torch, ms-swift, and on a
+# GPU the CUDA libraries; and of the launcher process (swift or torchrun) that starts them.
 HOST_PROCESS_BYTES = 3.0 * GIB
+HOST_PROCESS_BYTES_CPU = 0.45 * GIB
+LAUNCHER_BYTES = 0.3 * GIB
 
 
 def _host(
@@ -523,12 +531,14 @@ def _host(
 ) -> float:
     """Host RAM the whole run needs on one node."""
     processes = layout.nproc
-    host = processes * (HOST_PROCESS_BYTES + per_cpu_process)
+    base = HOST_PROCESS_BYTES_CPU if per_cpu_process else HOST_PROCESS_BYTES
+    host = LAUNCHER_BYTES + processes * (base + per_cpu_process)
     if zero and zero.offload_optimizer:
         host += trainable * 12  # every rank's fp32 master and moments, pinned
     if zero and zero.offload_params:
         host += total * run.dtype
-    workers = _int(args.get("dataloader_num_workers"), 1)
+    workers = args.get("dataloader_num_workers", 1)
+    workers = workers if isinstance(workers, int) and not isinstance(workers, bool) and workers > 0 else 0
     return host + processes * workers * 0.5 * GIB
 
 

@@ -20,7 +20,7 @@ from sftctl.config.schema import Launch
 from sftctl.errors import ConfigError
 from sftctl.resources import memory
 from sftctl.resources.layout import plan as plan_layout
-from sftctl.resources.params import GIB
+from sftctl.resources.params import GIB, count
 from sftctl.resources.shapes import Shape
 
 # Plan into this share of each GPU's memory: NCCL's buffers and other tools' CUDA contexts
@@ -90,10 +90,11 @@ def learning_rate(shape: Shape, tuner: str, quantized: bool) -> tuple[float, str
     if tuner == "lora":
         return (1e-4, "QLoRA: 1e-4, steadier than LoRA's 2e-4") if quantized else (2e-4, "LoRA: 2e-4")
     billions = shape.total() / 1e9
+    size = count(shape.total())
     for limit, lr in ((10, 1e-5), (20, 5e-6), (50, 2e-6)):
         if billions < limit:
-            return lr, f"full fine-tuning of {billions:.0f}B parameters: {lr:g}"
-    return 1e-6, f"full fine-tuning of {billions:.0f}B parameters: 1e-6"
+            return lr, f"full fine-tuning of {size} parameters: {lr:g}"
+    return 1e-6, f"full fine-tuning of {size} parameters: 1e-6"
 
 
 def layouts(gpus: int, tuner: str) -> list[Layout]:
@@ -145,12 +146,12 @@ def make_plan(
     usable = gpu_bytes * USABLE
     for lay in layouts(gpus, tuner):
         args = {**base_args, "tuner_type": tuner, "max_length": max_length, "gradient_checkpointing": True}
-        for key in ("deepspeed", "quant_bits"):
+        for key in ("deepspeed", "quant_bits", "quant_method"):
             args.pop(key, None)
         if lay.deepspeed:
             args["deepspeed"] = lay.deepspeed
         if lay.quant_bits:
-            args["quant_bits"] = lay.quant_bits
+            args.update(quant_bits=lay.quant_bits, quant_method="bnb")
         if effective_batch % lay.nproc:
             options.append(
                 Option(lay, False, None, None, None, 0.0,
@@ -210,40 +211,58 @@ def make_plan(
     )
 
 
-def _host_gpus(gpus: str) -> tuple[list[int], float | None]:
-    """The GPU ids of ``--gpus`` and, for auto, the smallest free memory among them."""
+def _host_gpus(gpus: str | None, count: int | None) -> tuple[list[int], float | None]:
+    """The GPU ids to plan for and, when they are this machine's, their smallest free memory."""
     import os
 
     from sftctl.config.schema import parse_gpus
+    from sftctl.errors import RefusedError
     from sftctl.resources.gpus import host_view
     from sftctl.resources.leases import Picker
 
-    text = gpus.strip().lower()
-    if text.isdigit():
-        return list(range(int(text))), None
+    if count is not None:
+        return list(range(count)), None
+    text = (gpus or "auto").strip().lower()
     if text.startswith("auto"):
         picker = Picker(os.environ, host_view, take=False)
-        count = int(text.split(":", 1)[1]) if ":" in text and text.split(":", 1)[1].isdigit() else None
-        ids = picker(count, 1)
+        wanted = int(text.split(":", 1)[1]) if ":" in text and text.split(":", 1)[1].isdigit() else None
+        try:
+            ids = picker(wanted, 1)
+        except RefusedError as exc:
+            why = "; ".join(p.message for p in exc.problems)
+            raise ConfigError(
+                problems=[
+                    report(
+                        "C002",
+                        "--gpus",
+                        f"{why}",
+                        "plan for a machine you are not on: --gpu-count 8 --gpu-mem 80GiB",
+                    )
+                ]
+            ) from None
         free = [picker.view.described[i].free_bytes for i in ids if i in picker.view.described]
         return ids, (min(free) if free else None)
     try:
-        return parse_gpus(gpus), None
+        return parse_gpus(gpus or ""), None
     except ValueError as exc:
         raise ConfigError(
-            problems=[report("C002", "--gpus", str(exc), "give auto, a count (8) or ids (0,1,2,3)")]
+            problems=[
+                report("C002", "--gpus", str(exc), "give auto, auto:N or ids (0,1,2,3); a count: --gpu-count")
+            ]
         ) from None
 
 
 def plan_for(
     model: str,
     tuner: str,
-    gpus: str,
+    gpus: str | None,
+    gpu_count: int | None,
     gpu_bytes: float | None,
     max_length: int,
     effective_batch: int,
 ) -> tuple[Plan, list[int]]:
-    """The plan for ``model`` on the GPUs ``--gpus`` names (auto: the free ones here)."""
+    """The plan for ``model`` on ``--gpu-count`` GPUs, or the ones ``--gpus`` names (auto: the
+    free ones here)."""
     from sftctl.resources.shapes import UnknownModel, find
 
     try:
@@ -254,16 +273,20 @@ def plan_for(
                 report("M001", "--model", str(exc), "point --model at a folder holding its config.json")
             ]
         ) from None
-    ids, free = _host_gpus(gpus)
+    ids, free = _host_gpus(gpus, gpu_count)
+    if not ids:
+        raise ConfigError(
+            problems=[report("C002", "--gpus", "names no GPU", "give ids (0,1,2,3) or --gpu-count N")]
+        )
     memory_bytes = gpu_bytes or free
-    if not ids or memory_bytes is None:
+    if memory_bytes is None:
         raise ConfigError(
             problems=[
                 report(
                     "C002",
                     "--gpu-mem",
-                    "the memory per GPU is not known (no GPU here to ask)",
-                    "give it, e.g. --gpus 8 --gpu-mem 80GiB",
+                    "the memory per GPU is not known: these GPUs are not this machine's",
+                    "give it, e.g. --gpu-count 8 --gpu-mem 80GiB",
                 )
             ]
         )
@@ -303,7 +326,7 @@ def plan_config(result: Plan, ids: list[int]) -> str:
     if lay.deepspeed:
         args["deepspeed"] = lay.deepspeed
     if lay.quant_bits:
-        args["quant_bits"] = lay.quant_bits
+        args.update(quant_bits=lay.quant_bits, quant_method="bnb")
     doc = {
         "description": f"{result.tuner} SFT of {result.model}: {lay.name} on {result.gpus} GPU(s)",
         "extends": BASE_PRESET[result.tuner],

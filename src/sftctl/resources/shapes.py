@@ -301,7 +301,8 @@ def _from_table(model: str) -> Shape | None:
     for hub_id, entry in _table().items():
         names = [hub_id, *entry.get("aliases", [])]
         if any(n.lower() == wanted for n in names):
-            shape = from_config(entry["config"], hub_id, f"sftctl's table ({entry['source']})")
+            where = f"sftctl's table ({entry['source']})" if hub_id == model else f"sftctl's table: {hub_id}"
+            shape = from_config(entry["config"], model, where)
             published = entry.get("published_params")
             return Shape(**{**shape.__dict__, "published": float(published) if published else None})
     return None
@@ -354,6 +355,8 @@ def find(model: str, env: Mapping[str, str] | None = None, cwd: Path | None = No
         exact = count_parameters(folder)
         return Shape(**{**shape.__dict__, "exact": exact}) if exact else shape
     listed = _from_table(model)
+    if listed is None and model.startswith(("./", "../", "/", "~")):
+        raise UnknownModel(f"no model folder at '{model}' ({local} has no config.json)")
     if listed is None:
         raise UnknownModel(
             f"no shape for model '{model}': not a local folder with config.json, not in the "

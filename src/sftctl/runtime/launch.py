@@ -181,7 +181,7 @@ def prepare(
                 )
             ]
         ) from None
-    problems = hostcheck.check(resolved, env, cwd=cwd, path_of=paths, view=view)
+    problems = resolved.warnings + hostcheck.check(resolved, env, cwd=cwd, path_of=paths, view=view)
     output_dir = _output_dir(resolved, cwd)
     problems += hostcheck.check_output_dir(resolved, output_dir, opts.resume)
     launch = resolved.config.launch
@@ -541,7 +541,11 @@ def _summary(record: RunRecord, outcome: supervise.Outcome, stats: Any, wall: fl
         )
     if stats.steps_per_second:
         lines.append(f"  speed: {stats.steps_per_second:.3g} steps/s")
-    used = [f"host RSS {human(outcome.peak_rss)} (all processes)"] if outcome.peak_rss else []
+    used = (
+        [f"host RSS {human(outcome.peak_rss)} (all processes; {human(outcome.peak_rss_process)} the largest)"]
+        if outcome.peak_rss
+        else []
+    )
     if stats.peak_memory_gib is not None:
         used.append(f"GPU {stats.peak_memory_gib:.2f} GiB (rank 0, ms-swift's memory(GiB))")
     nvml_peak = record.data.get("peak_gpu_bytes")
@@ -551,12 +555,13 @@ def _summary(record: RunRecord, outcome: supervise.Outcome, stats: Any, wall: fl
         lines.append(f"  peak memory: {', '.join(used)}")
     guess = record.data.get("estimate")
     if isinstance(guess, dict) and isinstance(guess.get("peak_bytes"), int):
-        where = (
-            "per process for the model and activations, beyond start-up (torch and ms-swift)"
-            if str(guess.get("quantity", "")).startswith("RssAnon")
-            else "per GPU"
-        )
-        lines.append(f"  estimated: {human(guess['peak_bytes'])} {where}; see sftctl estimate")
+        on_cpu = str(guess.get("quantity", "")).startswith("RssAnon")
+        host = guess.get("host_bytes")
+        said = (
+            f"host RAM {human(host)} for all processes" if on_cpu and isinstance(host, int) else
+            f"{human(guess['peak_bytes'])} per GPU"
+        )  # fmt: skip
+        lines.append(f"  estimated: {said} (sftctl estimate)")
     lines.append(f"  wall time: {wall:.1f} s")
     lines.append(f"  run folder: {record.run_dir or record.staging} (manifest {record.manifest_path.name})")
     _say("\n".join(lines))

@@ -135,7 +135,10 @@ def coerce(arg: Argument, value: Any) -> Any:
 
 
 def parse_set_value(arg: Argument | None, text: str) -> Any:
-    """Parse the VALUE of ``--set KEY=VALUE`` by the argument's catalog type."""
+    """Parse the VALUE of ``--set KEY=VALUE`` by the argument's catalog type. ``null``
+    removes the value (the inherited one too), whatever the type."""
+    if text.strip() == "null":
+        return None
     if arg is None:
         return parse_scalar(text)
     if _FLOW_LIST.match(text.strip()) and (arg.is_list or arg.type == "json"):
