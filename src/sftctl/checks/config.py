@@ -346,9 +346,10 @@ def check_values(args: dict[str, Any], problems: list[Problem], written: dict[st
                 )
         if name in RANGES and isinstance(value, (int, float)) and not isinstance(value, bool):
             low, high, mirrors = RANGES[name]
-            if not (math.isfinite(value) and low <= value <= high):
+            finite = not isinstance(value, float) or math.isfinite(value)  # huge ints are finite
+            if not (finite and low <= value <= high):
                 span = f"at least {low:g}" if high == math.inf else f"between {low:g} and {high:g}"
-                span = span if math.isfinite(value) else f"finite and {span}"
+                span = span if finite else f"finite and {span}"
                 problems.append(
                     report(
                         "A016",

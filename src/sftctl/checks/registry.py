@@ -96,6 +96,7 @@ RULES: dict[str, Rule] = {
             ("L008", "launch.gpus auto in a rendered script (GPUs are picked when run starts)"),
             ("M001", "a model whose shape (config.json) sftctl cannot find"),
             ("M002", "no layout fits the GPUs (sftctl plan)"),
+            ("M003", "a run setting beyond any machine (the estimate cannot size it)"),
         ),
         *_rules(
             "host",

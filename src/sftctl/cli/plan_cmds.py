@@ -47,7 +47,16 @@ def estimate(spec: TargetSpec, seq_len: SeqLenOpt = None, as_json: JsonOpt = Fal
 def _gib(value: str) -> float:
     """'80GiB', '80G', '24 GB', '81920MiB' as bytes (GB read as GiB: cards are sold that way)."""
     text = value.strip().lower().replace(" ", "")
-    for suffix, scale in (("gib", 2**30), ("gb", 2**30), ("g", 2**30), ("mib", 2**20), ("mb", 2**20)):
+    units = (
+        ("tib", 2**40),
+        ("tb", 2**40),
+        ("gib", 2**30),
+        ("gb", 2**30),
+        ("g", 2**30),
+        ("mib", 2**20),
+        ("mb", 2**20),
+    )
+    for suffix, scale in units:
         if text.endswith(suffix):
             text, factor = text[: -len(suffix)], scale
             break
@@ -69,7 +78,8 @@ def plan(
         str | None, typer.Option("--gpus", help="auto or auto:N (the free GPUs here), or ids (0,1,2,3).")
     ] = None,
     gpu_count: Annotated[
-        int | None, typer.Option("--gpu-count", min=1, help="Plan for N GPUs of a machine you are not on.")
+        int | None,
+        typer.Option("--gpu-count", min=1, max=4096, help="Plan for N GPUs of a machine you are not on."),
     ] = None,
     gpu_mem: Annotated[
         str | None, typer.Option("--gpu-mem", help="Memory per GPU, e.g. 80GiB (default: what is free here).")
@@ -89,14 +99,19 @@ def plan(
             raise typer.BadParameter(f"{tuner!r}: give full or lora", param_hint="--tuner")
         if gpus is not None and gpu_count is not None:
             raise typer.BadParameter("give --gpus or --gpu-count, not both", param_hint="--gpu-count")
-        if output is not None and output.exists() and not force:
+        if output is not None and (output.exists() or output.is_symlink()) and not force:
             raise typer.BadParameter(f"{output} exists; --force overwrites it", param_hint="-o")
         memory = _gib(gpu_mem) if gpu_mem else None
         result, ids = plan_for(model, tuner, gpus, gpu_count, memory, max_length, batch)
         if output is not None:
-            from sftctl.util.fs import write_atomic
+            from sftctl.util.fs import write_new_or_regular
 
-            write_atomic(output, plan_config(result, ids))
+            try:
+                write_new_or_regular(output, plan_config(result, ids))
+            except OSError as exc:
+                raise typer.BadParameter(
+                    f"cannot write {output}: {exc.strerror or exc}", param_hint="-o"
+                ) from None
         if as_json:
             sys.stdout.write(json.dumps(result.as_dict(), indent=2, ensure_ascii=False) + "\n")
         else:

@@ -221,8 +221,25 @@ class Run:
     save_optimizer: bool
 
 
-def _int(value: Any, default: int) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
+# Beyond these a run fits no machine there is: an estimate would only be a huge number.
+LIMITS = {
+    "per_device_train_batch_size": 1 << 16,
+    "max_length": 1 << 24,
+    "gradient_accumulation_steps": 1 << 20,
+    "lora_rank": 1 << 16,
+}
+
+
+class TooLarge(ValueError):
+    """A run setting beyond any machine (args: the key, the message)."""
+
+
+def _int(value: Any, default: int, key: str = "") -> int:
+    if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        return default
+    if key in LIMITS and value > LIMITS[key]:
+        raise TooLarge(key, f"{str(value)[:24]} is beyond any machine (at most {LIMITS[key]})")
+    return value
 
 
 def _off(value: Any) -> bool:
@@ -243,12 +260,16 @@ def read_run(
     dtype = DTYPE_BYTES.get(dtype_name, 2)
     # ms-swift quantizes only when quant_method is set; quant_bits reads as text ('4').
     bits = str(args.get("quant_bits")) if args.get("quant_method") not in (None, "") else ""
-    batch = _int(args.get("per_device_train_batch_size"), 1)
+    batch = _int(args.get("per_device_train_batch_size"), 1, "per_device_train_batch_size")
     # ms-swift's max_length defaults to the model's own limit.
-    max_length = _int(args.get("max_length"), 0) or shape.max_positions
+    max_length = _int(args.get("max_length"), 0, "max_length") or shape.max_positions
     packing = truthy(args.get("packing"))
     length = max_length if packing else min(seq_len or max_length, max_length)
-    accum = _int(args.get("gradient_accumulation_steps"), max(1, math.ceil(16 / batch / max(world, 1))))
+    accum = _int(
+        args.get("gradient_accumulation_steps"),
+        max(1, math.ceil(16 / batch / max(world, 1))),
+        "gradient_accumulation_steps",
+    )
     optim = str(args.get("optim") or "adamw_torch_fused")
     return Run(
         tuner="full" if tuner == "full" else "lora",
@@ -256,7 +277,7 @@ def read_run(
         amp_fp16=dtype == 4 and not cpu,
         quant_bits=int(bits) if bits in ("4", "8") else None,
         dora=truthy(args.get("use_dora")),
-        lora_rank=_int(args.get("lora_rank"), 8),
+        lora_rank=_int(args.get("lora_rank"), 8, "lora_rank"),
         lora_dropout=args.get("lora_dropout", 0.05) not in (0, 0.0, "0", "0.0"),
         targets=lora_targets(args.get("target_modules")),
         batch=batch,
@@ -583,7 +604,12 @@ def for_resolved(
     cwd: Path | None = None,
 ) -> Estimate:
     """The estimate of a validated run."""
-    return estimate(shape_of(resolved, env, cwd), resolved.args, resolved.layout, seq_len=seq_len, cwd=cwd)
+    try:
+        return estimate(
+            shape_of(resolved, env, cwd), resolved.args, resolved.layout, seq_len=seq_len, cwd=cwd
+        )
+    except TooLarge as exc:
+        raise ConfigError(problems=[report("M003", "args", str(exc), "give a size a GPU can hold")]) from None
 
 
 def checkpoint_size(
@@ -592,9 +618,9 @@ def checkpoint_size(
     """One checkpoint's size on disk, or None when the model's shape is unknown."""
     try:
         shape = find(model, None, cwd)
-    except UnknownModel:
+        cpu = layout.use_cpu or layout.mode == "cpu"
+        run = read_run(args, shape, max(1, layout.nproc * layout.nnodes), cpu)
+    except (UnknownModel, TooLarge):
         return None
-    cpu = layout.use_cpu or layout.mode == "cpu"
-    run = read_run(args, shape, max(1, layout.nproc * layout.nnodes), cpu)
     deepspeed = not cpu and zero_config(args.get("deepspeed"), cwd) is not None
     return checkpoint_bytes(shape, run, _trainable(shape, run), deepspeed)

@@ -26,17 +26,53 @@ def count(n: float) -> str:
     return str(int(n))
 
 
+HEADER_LIMIT = 100 * 2**20  # a safetensors header is a few MB even for the largest models
+
+
 def count_parameters(model_dir: Path) -> int | None:
-    """Exact parameter count from the safetensors headers of a local model, else None."""
+    """Exact parameter count from the safetensors headers of a local model; None when there
+    are none or one cannot be read as a header (the count is then derived from config.json)."""
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
         return None
     total = 0
     for path in files:
-        with path.open("rb") as fh:
-            (size,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(size))
-        for name, meta in header.items():
-            if name != "__metadata__":
-                total += math.prod(meta["shape"])
+        count = _header_count(path)
+        if count is None:
+            return None
+        total += count
     return total
+
+
+def _header_count(path: Path) -> int | None:
+    """The parameters a safetensors file's header lists, or None if it is not a sane header."""
+    import os
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size < 8:
+            return None
+        (size,) = struct.unpack("<Q", os.pread(fd, 8, 0))
+        if size > min(HEADER_LIMIT, st.st_size - 8):
+            return None
+        header = json.loads(os.pread(fd, size, 8))
+    except (OSError, ValueError, RecursionError, struct.error):
+        return None
+    finally:
+        os.close(fd)
+    if not isinstance(header, dict):
+        return None
+    total = 0
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        shape = meta.get("shape") if isinstance(meta, dict) else None
+        if not isinstance(shape, list) or not all(isinstance(d, int) and 0 <= d < 2**40 for d in shape):
+            return None
+        total += math.prod(shape)
+    return total if total < 2**50 else None

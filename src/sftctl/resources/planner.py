@@ -225,7 +225,8 @@ def _host_gpus(gpus: str | None, count: int | None) -> tuple[list[int], float | 
     text = (gpus or "auto").strip().lower()
     if text.startswith("auto"):
         picker = Picker(os.environ, host_view, take=False)
-        wanted = int(text.split(":", 1)[1]) if ":" in text and text.split(":", 1)[1].isdigit() else None
+        tail = text.split(":", 1)[1] if ":" in text else ""
+        wanted = int(tail) if tail.isascii() and tail.isdigit() else None
         try:
             ids = picker(wanted, 1)
         except RefusedError as exc:
@@ -243,7 +244,10 @@ def _host_gpus(gpus: str | None, count: int | None) -> tuple[list[int], float | 
         free = [picker.view.described[i].free_bytes for i in ids if i in picker.view.described]
         return ids, (min(free) if free else None)
     try:
-        return parse_gpus(gpus or ""), None
+        ids = parse_gpus(gpus or "")
+        if any(i < 0 for i in ids) or len(set(ids)) != len(ids):
+            raise ValueError(f"'{gpus}' has a negative or repeated GPU id")
+        return ids, None
     except ValueError as exc:
         raise ConfigError(
             problems=[

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sftctl.resources.params import count_parameters
+from sftctl.util.fs import load_json
 
 ALL_PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
 
@@ -194,13 +195,25 @@ class Shape:
         return max(a * b for moe in (False, True) for a, b, _c in self.projections(moe).values())
 
 
+# Bounds no real model reaches: a field beyond them is a broken or hostile config.json.
+_BOUND = {"num_hidden_layers": 10_000, "vocab_size": 10_000_000, "padded_vocab_size": 10_000_000}
+_WIDTH_BOUND = 1_000_000
+
+
 def _int(cfg: Mapping[str, Any], *keys: str, default: int | None = None) -> int:
+    """The first of ``keys`` present, as a whole number within a sane range."""
     for key in keys:
-        value = cfg.get(key)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+        if key not in cfg or cfg[key] is None:
+            continue
+        value = cfg[key]
+        limit = _BOUND.get(key, _WIDTH_BOUND)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= limit:
+            raise ValueError(
+                f"config.json field {key!r} = {str(value)[:40]!r} is not a whole number 0-{limit}"
+            )
+        return value
     if default is None:
-        raise KeyError(keys[0])
+        raise ValueError(f"config.json has no {keys[0]!r}")
     return default
 
 
@@ -230,6 +243,8 @@ def from_config(cfg: Mapping[str, Any], name: str, source: str) -> Shape:
     """A shape from config.json fields (Qwen2/2.5/3, Qwen3-MoE, Llama, GLM-4, InternLM3,
     gpt-oss, and the language model of Qwen2-VL/2.5-VL). Raises KeyError for a missing field."""
     text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else None
+    if "vision_config" in cfg and not isinstance(cfg["vision_config"], dict):
+        raise ValueError("config.json field 'vision_config' is not a mapping")
     base: Mapping[str, Any] = {**cfg, **text} if text else cfg
     model_type = str(cfg.get("model_type", ""))
     hidden = _int(base, "hidden_size")
@@ -250,6 +265,10 @@ def from_config(cfg: Mapping[str, Any], name: str, source: str) -> Shape:
     if not shared and _int(base, "n_shared_experts", default=0):
         shared = _int(base, "n_shared_experts") * _int(base, "moe_intermediate_size")
     gpt_oss = model_type == "gpt_oss"
+    if min(hidden, heads, layers) < 1:
+        raise ValueError(
+            "config.json's hidden_size, num_attention_heads and num_hidden_layers must be at least 1"
+        )
     return Shape(
         name=name,
         source=source,
@@ -321,12 +340,22 @@ def _cached_folders(model: str, env: Mapping[str, str]) -> list[Path]:
     return out
 
 
+CONFIG_LIMIT = 16 * 2**20  # a config.json is a few KB
+
+
 def _read_config(folder: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    """A folder's config.json; None when there is none; UnknownModel when it is unusable."""
+    path = folder / "config.json"
+    if not path.exists():
         return None
-    return data if isinstance(data, dict) else None
+    try:
+        data = load_json(path, CONFIG_LIMIT)
+    except (OSError, ValueError, RecursionError) as exc:
+        why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:120]
+        raise UnknownModel(f"{path} cannot be read as a model's config.json ({why})") from None
+    if not isinstance(data, dict):
+        raise UnknownModel(f"{path} is not a JSON mapping")
+    return data
 
 
 def find(model: str, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Shape:
@@ -342,7 +371,7 @@ def find(model: str, env: Mapping[str, str] | None = None, cwd: Path | None = No
     local = Path(model).expanduser()
     if not local.is_absolute():
         local = (cwd or Path.cwd()) / local
-    candidates = [("local folder", local)] if (local / "config.json").is_file() else []
+    candidates = [("local folder", local)] if (local / "config.json").exists() else []
     candidates += [("cache", folder) for folder in _cached_folders(model, env)]
     for kind, folder in candidates:
         cfg = _read_config(folder)
@@ -350,8 +379,8 @@ def find(model: str, env: Mapping[str, str] | None = None, cwd: Path | None = No
             continue
         try:
             shape = from_config(cfg, model, f"{kind} {folder}")
-        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
-            raise UnknownModel(f"{folder / 'config.json'} lacks the field {exc} sftctl needs") from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UnknownModel(f"{folder / 'config.json'}: {str(exc).strip(chr(39))}") from None
         exact = count_parameters(folder)
         return Shape(**{**shape.__dict__, "exact": exact}) if exact else shape
     listed = _from_table(model)

@@ -201,8 +201,8 @@ def estimate_of(resolved: Resolved, cwd: Path) -> memory.Estimate | None:
     """The run's memory estimate, or None when sftctl has no shape for its model."""
     try:
         return memory.for_resolved(resolved, cwd=cwd)
-    except ConfigError:
-        return None
+    except (ConfigError, ArithmeticError, ValueError):
+        return None  # an estimate that cannot be made never stops a run
 
 
 def _check_fit(resolved: Resolved, view: gpus.HostGpus | None, cwd: Path, force: bool) -> list[Problem]:

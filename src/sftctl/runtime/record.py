@@ -10,7 +10,6 @@ When ms-swift dies before creating it, they stay in the staging folder.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import socket
@@ -25,9 +24,10 @@ from typing import Any
 
 from sftctl.errors import ConfigError
 from sftctl.swift.outputs import ANNOUNCE, RUN_FOLDER, complete_checkpoints
-from sftctl.util.fs import write_json_atomic
+from sftctl.util.fs import load_json, write_json_atomic
 
 MANIFEST = "sftctl-manifest.json"
+MANIFEST_LIMIT = 16 * 2**20  # far beyond any manifest sftctl writes
 LOG = "sftctl.log"
 STAGING = ".sftctl"
 POINTER = "manifest.json"
@@ -248,7 +248,10 @@ _FIELDS: dict[str, tuple[type, ...]] = {
     ),
     **dict.fromkeys(("pid", "leader_start", "supervisor_pid", "supervisor_start", "exit_code", "signal",
                      "peak_rss_bytes", "peak_process_rss_bytes", "peak_gpu_bytes"), (int, type(None))),
-    "peak_gpu_memory_gib": (int, float, type(None)),
+    **dict.fromkeys(
+        ("peak_gpu_memory_gib", "first_loss", "last_loss", "wall_seconds", "steps_per_second"),
+        (int, float, type(None)),
+    ),
     **dict.fromkeys(("argv", "unset", "descendants", "files", "watchdog"), (list, type(None))),
     **dict.fromkeys(
         ("env", "config", "versions", "estimate", "peak_gpu_bytes_per_process"), (dict, type(None))
@@ -267,6 +270,10 @@ def shape_problem(data: Any) -> str | None:
             not isinstance(data[key], types) or isinstance(data[key], bool) and bool not in types
         ):
             return f"its {key} is a {type(data[key]).__name__}"
+    for key in ("peak_rss_bytes", "peak_process_rss_bytes", "peak_gpu_bytes", "peak_gpu_memory_gib"):
+        value = data.get(key)
+        if value is not None and not 0 <= value <= 2**62:
+            return f"its {key} is out of range"
     for key in ("argv", "unset", "files"):
         if any(not isinstance(item, str) for item in data.get(key) or []):
             return f"its {key} holds something other than text"
@@ -300,7 +307,7 @@ def read_manifest(path: Path, _seen: frozenset[str] = frozenset()) -> tuple[Path
             raise _no_manifest(path, "no sftctl manifest here")
         if os.path.realpath(cand) in _seen:
             raise _no_manifest(path, "the manifest's pointer leads back to itself")
-        data = json.loads(cand.read_text(encoding="utf-8"))
+        data = load_json(cand, MANIFEST_LIMIT)
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         why = "nested too deeply" if isinstance(exc, RecursionError) else f"{exc.__class__.__name__}: {exc}"
         raise _no_manifest(path, f"not a readable sftctl manifest ({why})") from None
@@ -338,7 +345,7 @@ def list_runs(output_dir: Path, broken: list[str] | None = None) -> list[dict[st
     paths += list((output_dir / STAGING).glob(f"*/{POINTER}"))
     for path in paths:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = load_json(path, MANIFEST_LIMIT)
         except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
             if broken is not None:
                 broken.append(f"{path}: not readable ({exc.__class__.__name__})")
