@@ -123,3 +123,17 @@ def test_runs_skips_records_with_impossible_numbers(tmp_path: Path) -> None:
     out = sftctl(tmp_path, "runs", str(out_dir))
     one_clear_message(out, 0, "skipped")
     assert out.stderr.count("skipped") == 3
+
+
+def test_a_reader_that_goes_away_ends_a_listing_quietly(tmp_path: Path) -> None:
+    for command in (
+        "rules",
+        "estimate zero2-qwen3-8b",
+        "plan --model Qwen/Qwen3-8B --gpu-count 8 --gpu-mem 80GiB",
+    ):
+        out = subprocess.run(
+            ["bash", "-c", f"set -o pipefail; {' '.join(sftctl_exe())} {command} | head -1 >/dev/null"],
+            cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        # 141: ended by SIGPIPE, as `yes | head` is, not 1 ("invalid config"), and nothing said
+        assert out.returncode in (0, 141) and out.stderr == "", (command, out.returncode, out.stderr)

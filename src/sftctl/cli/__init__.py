@@ -54,8 +54,18 @@ gpu_cmds.register(app)
 plan_cmds.register(app)
 
 
+# Commands that supervise or signal training keep running when their reader goes away
+# (their output is then dropped); the others end quietly, as `yes | head` does.
+_OUTLIVE_THE_PIPE = ("run", "resume", "stop")
+
+
 def main() -> None:
     """Console-script entry point: a bug in sftctl is one line and a log, never a traceback."""
+    command = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
+    if command not in _OUTLIVE_THE_PIPE:
+        import signal
+
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
         app(standalone_mode=True)
     except SftctlError as exc:  # pragma: no cover - commands catch their own
