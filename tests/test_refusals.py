@@ -139,6 +139,17 @@ def test_a_hub_model_gets_a_real_disk_check(
     _refused(out, marker, "not enough disk", "5 checkpoints", "of about 106.8 GiB each")
 
 
+def test_validate_host_checks_the_disk_as_run_does(
+    sandbox: tuple[Path, dict[str, str], Path], small_disk: Path
+) -> None:
+    work, env, _marker = sandbox
+    out = subprocess.run(
+        [*sftctl_exe(), "validate", "--host", "zero2-qwen3-8b", "--set", f"output_dir={small_disk}/o"],
+        cwd=work, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 1 and "not enough disk: 5 checkpoints" in out.stderr, out.stderr
+
+
 def test_a_valid_run_does_reach_the_launcher(sandbox: tuple[Path, dict[str, str], Path]) -> None:
     """The stand-in proves the refusals above, not a broken set-up, kept it from starting."""
     work, env, marker = sandbox

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sftctl.assets import builtin_paths
-from sftctl.config.resolve import Overrides, resolve
+from sftctl.config.resolve import Overrides, Resolved, resolve
 from sftctl.errors import Problem, SftctlError
+
+if TYPE_CHECKING:
+    from sftctl.resources.leases import Picker
 
 
 def validate_many(
@@ -30,17 +35,29 @@ def validate_many(
             out[target] = exc.problems
             continue
         if host and picker is not None:
-            from sftctl.checks import host as hostcheck
-            from sftctl.resources.leases import holders
-
-            gpu_run = bool(resolved.config.launch.gpus) and not resolved.layout.use_cpu
-            out[target] = resolved.warnings + hostcheck.check(
-                resolved,
-                os.environ,
-                path_of=builtin_paths(resolved),
-                view=picker.view if gpu_run else None,
-                leased=holders(os.environ, picker.view) if gpu_run else None,
-            )
+            out[target] = resolved.warnings + _host_problems(resolved, picker)
         else:
             out[target] = list(resolved.warnings)
     return out
+
+
+def _host_problems(resolved: Resolved, picker: Picker) -> list[Problem]:
+    """What `run` would check on this machine, short of taking anything."""
+    from sftctl.checks import host as hostcheck
+    from sftctl.resources.leases import LeaseDirError, holders
+
+    gpu_run = bool(resolved.config.launch.gpus) and not resolved.layout.use_cpu
+    try:
+        leased = holders(os.environ, picker.view) if gpu_run else None
+    except LeaseDirError:
+        leased = None  # run says what is wrong with the lease folder when it takes leases
+    paths = builtin_paths(resolved)
+    problems = hostcheck.check(
+        resolved, os.environ, path_of=paths, view=picker.view if gpu_run else None, leased=leased
+    )
+    model = str(resolved.args.get("model") or "")
+    local = Path(paths.get(model, model)).expanduser()
+    output_dir = Path(str(resolved.args.get("output_dir") or "output")).expanduser()
+    return problems + hostcheck.check_disk(
+        resolved, output_dir.absolute(), local.absolute() if (local / "config.json").is_file() else None
+    )
