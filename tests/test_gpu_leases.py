@@ -400,3 +400,18 @@ def test_the_record_holds_each_process_peak_gpu_memory_from_nvml(host: Host) -> 
     assert data["peak_gpu_bytes"] == 5 * GIB
     assert all(v == 5 * GIB for v in data["peak_gpu_bytes_per_process"].values())
     assert str(data["pid"]) in data["peak_gpu_bytes_per_process"]
+
+
+def test_a_gone_supervisor_is_said_and_every_gpu_problem_is_listed(host: Host) -> None:
+    from sftctl.resources.leases import describe_holder
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    said = describe_holder({"run_id": "r1", "pid": gone.pid, "user": "root", "output_dir": "/o"})
+    assert said == f"run r1 (pid {gone.pid} gone: its training still holds the GPU, user root, /o)"
+    assert "gone" not in describe_holder({"run_id": "r2", "pid": os.getpid()})
+    host.machine({"gpus": [gpu(0, used=30 * GIB), gpu(1)]})
+    out = host.sftctl("validate", "run.yaml", "--host", "--gpus", "0,9")
+    assert out.returncode == 1
+    assert "GPU id(s) [9] are not among the GPUs this run may use" in out.stderr
+    assert "warning: launch.gpus: GPU 0 is already in use" in out.stderr

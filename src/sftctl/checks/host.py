@@ -166,6 +166,7 @@ def check_gpus(
         ]
     missing = [g for g in gpus or [] if host is not None and g not in host]
     split = [g for g in gpus or [] if g in view.mig]
+    problems = []
     if missing or split:
         have = ",".join(str(g) for g in host or [] if g not in view.mig)
         what = (
@@ -173,16 +174,17 @@ def check_gpus(
             if missing
             else f"GPU(s) {split} are split into MIG devices and cannot be used whole"
         )
-        return [
+        problems.append(
             report(
                 "H016",
                 "launch.gpus",
                 what,
                 f"pass --gpus with ids from `sftctl gpus`, e.g. --gpus {have}" if have else "see sftctl gpus",
             )
-        ]
-    problems = []
+        )
     for g in gpus or []:
+        if g in missing or g in split:
+            continue
         if leased and g in leased:
             problems.append(
                 report(

@@ -236,6 +236,9 @@ def describe_holder(who: Mapping[str, Any]) -> str:
     if not who.get("run_id"):
         return "a run that is starting (or a lease file with no holder record)"
     details = [f"{k} {who[k]}" for k in ("pid", "user") if k in who]
+    pid = who.get("pid")
+    if isinstance(pid, int) and 0 < pid < 2**22 and not Path(f"/proc/{pid}").exists():
+        details[0] += " gone: its training still holds the GPU"  # the supervisor was killed hard
     if "output_dir" in who:
         details.append(str(who["output_dir"]))
     return f"run {who['run_id']}" + (f" ({', '.join(details)})" if details else "")
