@@ -57,6 +57,22 @@ def _local(path: str, base: Path) -> Path:
     return p if p.is_absolute() else base / p
 
 
+def output_dir_of(resolved: Resolved, cwd: Path) -> Path:
+    """The run's output_dir, absolute (relative to where sftctl starts)."""
+    out = Path(str(resolved.args.get("output_dir") or "output")).expanduser()
+    return out if out.is_absolute() else cwd / out
+
+
+def model_dir_of(resolved: Resolved, paths: Mapping[str, str], cwd: Path) -> Path | None:
+    """The run's model as a local folder with config.json (built-ins resolved), or None."""
+    model = resolved.args.get("model")
+    if not isinstance(model, str):
+        return None
+    local = Path(paths.get(model, model)).expanduser()
+    local = local if local.is_absolute() else cwd / local
+    return local if (local / "config.json").is_file() else None
+
+
 def check(
     resolved: Resolved,
     env: Mapping[str, str],

@@ -55,9 +55,7 @@ def _host_problems(resolved: Resolved, picker: Picker) -> list[Problem]:
     problems = hostcheck.check(
         resolved, os.environ, path_of=paths, view=picker.view if gpu_run else None, leased=leased
     )
-    model = str(resolved.args.get("model") or "")
-    local = Path(paths.get(model, model)).expanduser()
-    output_dir = Path(str(resolved.args.get("output_dir") or "output")).expanduser()
+    cwd = Path.cwd()
     return problems + hostcheck.check_disk(
-        resolved, output_dir.absolute(), local.absolute() if (local / "config.json").is_file() else None
+        resolved, hostcheck.output_dir_of(resolved, cwd), hostcheck.model_dir_of(resolved, paths, cwd)
     )

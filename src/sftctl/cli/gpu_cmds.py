@@ -20,13 +20,14 @@ def gpus(as_json: JsonOpt = False) -> None:
     """List this machine's GPUs: memory, utilization, processes and their users (NVML)."""
     from sftctl.resources.gpus import host_view
     from sftctl.resources.leases import LeaseDirError, describe_holder, holders
-    from sftctl.resources.nvml import inventory
+    from sftctl.resources.nvml import inventory, visible
     from sftctl.resources.params import human
     from sftctl.util.text import one_line
 
     with boundary():
-        found = inventory()
+        # NVML is asked once: everything, then what this environment's CUDA_VISIBLE_DEVICES shows.
         everything = inventory({k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"})
+        found = visible(everything, os.environ)
         shown = {g.index for g in found.gpus}
         hidden = [g.index for g in everything.gpus if not g.mig and g.index not in shown]
         limit = one_line(os.environ.get("CUDA_VISIBLE_DEVICES", ""))
@@ -36,7 +37,7 @@ def gpus(as_json: JsonOpt = False) -> None:
         if found.gpus:
             try:
                 # Leases are by physical GPU, among the ones this environment may use.
-                leased = holders(os.environ, host_view(os.environ))
+                leased = holders(os.environ, host_view(os.environ, everything))
             except LeaseDirError as exc:
                 print(f"sftctl: leases unknown: {one_line(str(exc))} (SFTCTL_LEASE_DIR)", file=sys.stderr)
 

@@ -293,7 +293,7 @@ def _follow_gpus(loaded: Loaded, before: tuple[int, int] | None, ov: Overrides) 
     launch = loaded.data.get("launch")
     if not isinstance(launch, dict):
         return []
-    explicit = any(item.split("=", 1)[0].strip() == "launch.nproc_per_node" for item in ov.sets)
+    explicit = _sets_nproc(ov)
     now = _launch_counts({"launch": {**launch, "nproc_per_node": 1}})
     listed = now[0] if now else None
     if launch.get("nproc_per_node") == "auto":
@@ -322,6 +322,11 @@ def _follow_gpus(loaded: Loaded, before: tuple[int, int] | None, ov: Overrides) 
         f"nproc_per_node followed --gpus: {nproc_before} -> {listed // per} "
         f"({each}, as the config has on its {gpus_before} GPUs)"
     ]
+
+
+def _sets_nproc(ov: Overrides) -> bool:
+    """The command line sets the process count itself (--set launch.nproc_per_node=N)."""
+    return any(item.split("=", 1)[0].strip() == "launch.nproc_per_node" for item in ov.sets)
 
 
 def _pick_gpus(
@@ -361,7 +366,7 @@ def _pick_gpus(
         return [f"launch.gpus {value}: no GPU picked (use_cpu is true: the run trains on the CPU)"]
     per = before[0] // before[1] if before and before[0] % before[1] == 0 else 1
     nproc = launch.get("nproc_per_node")
-    explicit = any(item.split("=", 1)[0].strip() == "launch.nproc_per_node" for item in ov.sets)
+    explicit = _sets_nproc(ov)
     if count is None and isinstance(nproc, int) and not isinstance(nproc, bool) and (explicit or not before):
         count = nproc * per
     if isinstance(picker, Unpicked) and count is None and before:

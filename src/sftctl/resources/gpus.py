@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from sftctl.config.schema import parse_gpus
-from sftctl.resources.nvml import Gpu
+from sftctl.resources.nvml import Gpu, Inventory
 from sftctl.resources.params import GIB, human
 
 # Memory in use on a GPU without a listed process (another container's, or a driver
@@ -98,15 +98,15 @@ def _named(value: str, described: dict[int, Gpu]) -> list[int] | None:
     return out
 
 
-def host_view(env: Mapping[str, str]) -> HostGpus:
+def host_view(env: Mapping[str, str], everything: Inventory | None = None) -> HostGpus:
     """The GPUs a run on this machine may use: every GPU NVML (or, without NVML,
     nvidia-smi) lists, limited by an inherited CUDA_VISIBLE_DEVICES (inside a Slurm job,
     that is the job's GPUs). The ids are the machine's: the rendered CUDA_VISIBLE_DEVICES
-    replaces the inherited one."""
+    replaces the inherited one. ``everything``: NVML's whole inventory, when already asked."""
     from sftctl.resources.nvml import inventory
 
     bare = {k: v for k, v in env.items() if k != "CUDA_VISIBLE_DEVICES"}
-    found = inventory(bare)
+    found = everything if everything is not None else inventory(bare)
     described = {int(g.index): g for g in found.gpus if not g.mig}
     mig = frozenset(int(g.index.split(":")[0]) for g in found.gpus if g.mig)
     limit = env.get("CUDA_VISIBLE_DEVICES")
@@ -115,8 +115,3 @@ def host_view(env: Mapping[str, str]) -> HostGpus:
     # No NVML answer (no driver library, or an old driver): ask nvidia-smi.
     ids = sorted(described) if described else visible_gpus(bare)
     return HostGpus(ids, described, mig)
-
-
-def host_gpus(env: Mapping[str, str]) -> list[int] | None:
-    """The GPU indices a run may use ([] when there is none; None: unknown)."""
-    return host_view(env).ids

@@ -159,6 +159,14 @@ def _open(path: Path, flags: int) -> int:
     return fd
 
 
+def _share(fd: int) -> None:
+    """Make a file this user created lockable and writable by every user of the host: they
+    all lease through the same files."""
+    with contextlib.suppress(OSError):
+        if os.fstat(fd).st_uid == os.geteuid():
+            os.fchmod(fd, 0o666)
+
+
 def _take(folder: Path, gpu: int, key: str) -> Lease | None:
     """Lease GPU ``gpu`` now, or None when another run holds it."""
     path = _path(folder, key)
@@ -184,9 +192,8 @@ def _take(folder: Path, gpu: int, key: str) -> Lease | None:
         if not same:  # the file was removed or replaced after we opened it: lock the new one
             os.close(fd)
             continue
+        _share(fd)
         with contextlib.suppress(OSError):
-            if os.fstat(fd).st_uid == os.geteuid():
-                os.fchmod(fd, 0o666)  # every user of the host leases through the same file
             os.ftruncate(fd, 0)  # the previous holder's name is not this run's
         return Lease(gpu, fd)
     raise LeaseDirError(f"{path} keeps being replaced while it is locked")
@@ -254,9 +261,7 @@ def _picking(folder: Path) -> Iterator[None]:
     path = folder / ".pick"
     fd = _open(path, os.O_RDWR | os.O_CREAT)
     try:
-        with contextlib.suppress(OSError):
-            if os.fstat(fd).st_uid == os.geteuid():
-                os.fchmod(fd, 0o666)
+        _share(fd)
         deadline = time.monotonic() + PICK_TIMEOUT
         while True:
             try:

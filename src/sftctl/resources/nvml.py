@@ -121,6 +121,11 @@ def _visible(gpus: list[Gpu], env: Mapping[str, str]) -> list[Gpu]:
     return out
 
 
+def visible(found: Inventory, env: Mapping[str, str]) -> Inventory:
+    """``found`` limited by the CUDA_VISIBLE_DEVICES of ``env``, as CUDA would see it."""
+    return Inventory(_visible(found.gpus, env), found.note)
+
+
 def inventory(env: Mapping[str, str] | None = None) -> Inventory:
     """Every GPU (and MIG device) NVML sees, limited by an inherited CUDA_VISIBLE_DEVICES."""
     env = os.environ if env is None else env

@@ -85,15 +85,6 @@ def _materialise(resolved: Resolved) -> dict[str, str]:
     return paths
 
 
-def _model_dir(resolved: Resolved, paths: Mapping[str, str], cwd: Path) -> Path | None:
-    model = resolved.args.get("model")
-    if not isinstance(model, str):
-        return None
-    local = Path(paths.get(model, model)).expanduser()
-    local = local if local.is_absolute() else cwd / local
-    return local if (local / "config.json").is_file() else None
-
-
 def _finished(checkpoint: Path) -> bool:
     """The checkpoint is the end of its training (its trainer state reached max_steps)."""
     try:
@@ -103,16 +94,11 @@ def _finished(checkpoint: Path) -> bool:
         return False
 
 
-def _output_dir(resolved: Resolved, cwd: Path) -> Path:
-    out = Path(str(resolved.args.get("output_dir") or "output")).expanduser()
-    return out if out.is_absolute() else cwd / out
-
-
 def _resume_point(resolved: Resolved, cwd: Path) -> Path:
     """For ``--resume``: the checkpoint to continue from (set in the args), refused when none."""
     if "resume_from_checkpoint" in resolved.args:
         return Path(str(resolved.args["resume_from_checkpoint"]))
-    output_dir = _output_dir(resolved, cwd)
+    output_dir = hostcheck.output_dir_of(resolved, cwd)
     last = _last_checkpoint(output_dir, resolved.args.get("add_version", True) is False)
     if last is None:
         raise RefusedError(
@@ -165,7 +151,12 @@ def _user_name() -> str:
 
 
 def prepare(
-    resolved: Resolved, env: Mapping[str, str], opts: RunOptions, cwd: Path, view: gpus.HostGpus | None = None
+    resolved: Resolved,
+    env: Mapping[str, str],
+    opts: RunOptions,
+    cwd: Path,
+    view: gpus.HostGpus | None = None,
+    guess: memory.Estimate | None = None,
 ) -> tuple[launchers.Command, dict[str, str], Path, list[str]]:
     """Every check that can refuse the run, then the exact command. Starts nothing."""
     try:
@@ -182,14 +173,14 @@ def prepare(
             ]
         ) from None
     problems = resolved.warnings + hostcheck.check(resolved, env, cwd=cwd, path_of=paths, view=view)
-    output_dir = _output_dir(resolved, cwd)
+    output_dir = hostcheck.output_dir_of(resolved, cwd)
     problems += hostcheck.check_output_dir(resolved, output_dir, opts.resume)
     launch = resolved.config.launch
     port = launch.master_port
     distributed = launch.launcher == "torchrun" or launch.nproc_per_node > 1 or launch.nnodes > 1
     problems += hostcheck.check_port(port, port is not None and distributed and supervise.port_in_use(port))
-    problems += hostcheck.check_disk(resolved, output_dir, _model_dir(resolved, paths, cwd))
-    problems += _check_fit(resolved, view, cwd, opts.force)
+    problems += hostcheck.check_disk(resolved, output_dir, hostcheck.model_dir_of(resolved, paths, cwd))
+    problems += _check_fit(resolved, view, guess, opts.force)
     if errors_of(problems):
         raise RefusedError(problems=errors_of(problems))
     warnings = [p.render() for p in problems]
@@ -205,13 +196,12 @@ def estimate_of(resolved: Resolved, cwd: Path) -> memory.Estimate | None:
         return None  # an estimate that cannot be made never stops a run
 
 
-def _check_fit(resolved: Resolved, view: gpus.HostGpus | None, cwd: Path, force: bool) -> list[Problem]:
+def _check_fit(
+    resolved: Resolved, view: gpus.HostGpus | None, guess: memory.Estimate | None, force: bool
+) -> list[Problem]:
     """A GPU run whose estimated peak exceeds its GPUs' free memory is refused (--force: warned)."""
     listed = resolved.config.launch.gpus
-    if resolved.layout.use_cpu or not listed or view is None or not view.described:
-        return []
-    guess = estimate_of(resolved, cwd)
-    if guess is None:
+    if resolved.layout.use_cpu or not listed or view is None or not view.described or guess is None:
         return []
     problems = hostcheck.check_fit(guess.peak_bytes, memory.CUDA_CONTEXT_BYTES, list(listed), view)
     if force:
@@ -293,28 +283,32 @@ def _checked_run(
             return 0
     in_place = resolved.args.get("add_version", True) is False
     run_id = opts.run_id or new_run_id()
-    unusable = hostcheck.check_writable(_output_dir(resolved, cwd))
+    folder = hostcheck.output_dir_of(resolved, cwd)
+    unusable = hostcheck.check_writable(folder)
     if unusable:
         raise RefusedError(problems=unusable)
-    lock = _lock(_output_dir(resolved, cwd), run_id, in_place, opts.lock_fd)
+    lock = _lock(folder, run_id, in_place, opts.lock_fd)
     try:
         picker.leases.record(
             {
                 "run_id": run_id,
                 "pid": os.getpid(),
                 "user": _user_name(),
-                "output_dir": str(_output_dir(resolved, cwd)),
+                "output_dir": str(folder),
                 "started_at": now_iso(),
             }
         )
-        cmd, _paths, output_dir, warnings = prepare(resolved, env, opts, cwd, picker.view)
+        guess = estimate_of(resolved, cwd)
+        cmd, _paths, output_dir, warnings = prepare(resolved, env, opts, cwd, picker.view, guess)
         for warning in warnings:
             _say(f"warning: {warning}")
         if opts.detach:
             # The background supervisor inherits the lock and the GPU leases themselves:
             # no moment without them.
             return _detach(target, overrides, opts, output_dir, run_id, lock, picker.leases)
-        return _launch(target, resolved, cmd, env, opts, cwd, output_dir, run_id, in_place, picker.leases)
+        return _launch(
+            target, resolved, cmd, env, opts, cwd, output_dir, run_id, in_place, picker.leases, guess
+        )
     finally:
         lock.release()
 
@@ -373,11 +367,11 @@ def _launch(
     run_id: str,
     in_place: bool,
     held: leases.Leases,
+    guess: memory.Estimate | None,
 ) -> int:
     """Record, start and supervise the command; the output folder's lock is held by the caller."""
 
     document = resolved.document()
-    guess = estimate_of(resolved, cwd)
     record = RunRecord.create(
         output_dir,
         base_manifest(
