@@ -107,6 +107,9 @@ def test_lora_zero3_and_ddp_by_hand() -> None:
     assert got["gradients"] == p * 2 / 4 + 256**2 * 2  # split bf16 gradients and an H^2 bucket
     off = terms(memory.estimate(DENSE, {**lora, "tuner_type": "full", "deepspeed": "zero3_offload"}, z3))
     assert off["weights"] == 0 and off["optimizer"] == 0
+    # A sharded frozen base carries the warning of what ms-swift's own runs logged; full does not.
+    assert memory.SHARDED_LORA_NOTE in memory.estimate(DENSE, {**lora, "deepspeed": "zero3"}, z3).notes
+    assert memory.SHARDED_LORA_NOTE not in memory.estimate(DENSE, {**lora, "deepspeed": "zero2"}, z3).notes
 
 
 def test_qlora_moe_and_device_map_by_hand() -> None:

@@ -30,8 +30,7 @@ def test_every_entry_names_its_source_and_what_it_measured() -> None:
         assert isinstance(e["measured"], bool) and 0 < e["memory_gib"] <= 200, e["id"]
         assert e["gpus"] >= e["nproc_per_node"] >= 1 and e["longest_row"] >= 1, e["id"]
     measured = [e for e in entries if e["measured"]]
-    documents = {e["source"].split("/blob/")[-1].split("/", 1)[-1].split(" ")[0] for e in measured}
-    assert len(measured) >= 15 and len(documents) >= 3
+    assert len(measured) >= 15 and len({_document(e) for e in measured}) >= 3
 
 
 def test_every_entry_is_written_in_ms_swift_arguments() -> None:
@@ -41,10 +40,28 @@ def test_every_entry_is_written_in_ms_swift_arguments() -> None:
         assert unknown == [], (e["id"], unknown)
 
 
-def test_every_entry_can_be_estimated(capsys: object) -> None:
+def _document(entry: dict[str, object]) -> str:
+    return str(entry["source"]).split("/blob/")[-1].split("/", 1)[-1].split(" ")[0]
+
+
+def test_the_estimate_is_within_20_percent_of_every_measured_entry_in_scope() -> None:
+    """Global coefficients only: nothing in an entry but its configuration and data reaches
+    the estimate. Prints the whole table, out-of-scope entries (with their reason) included."""
+    checked, misses = [], []
+    print(f"\n{'entry':58s} {'estimate':>8s} {'published':>9s} {'error':>7s}")
     for e in DATA["entries"]:
         got = REPORT.estimate_gib(e)
         assert math.isfinite(got) and got > 0, e["id"]
-        print(
-            f"{e['id'][:58]:58s} {got:7.1f} {e['memory_gib']:7.1f} {(got / e['memory_gib'] - 1) * 100:+6.1f}%"
-        )
+        error = (got / e["memory_gib"] - 1) * 100
+        scope = e.get("out_of_scope")
+        assert scope is None or len(str(scope)) > 40, (e["id"], "an exclusion says why")
+        mark = " (out of scope)" if scope else ""
+        print(f"{e['id'][:58]:58s} {got:8.1f} {e['memory_gib']:9.1f} {error:+6.1f}%{mark}")
+        if e["measured"] and not scope:
+            checked.append(e)
+            if abs(error) > 20:
+                misses.append((e["id"], round(error, 1)))
+    assert misses == []
+    assert len(checked) >= 15 and len({_document(e) for e in checked}) >= 3
+    tuners = {("qlora" if e["args"].get("quant_bits") else e["args"]["tuner_type"]) for e in checked}
+    assert tuners == {"full", "lora", "qlora"}

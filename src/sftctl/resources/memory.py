@@ -76,6 +76,13 @@ FIXED_BYTES = 0.6 * GIB
 ZERO2_BUCKET = 2e8
 # What nvidia-smi shows beyond max_memory_reserved: the CUDA context of a process.
 CUDA_CONTEXT_BYTES = 0.5 * GIB
+# What the estimate cannot model: ms-swift's own examples of these layouts log far more.
+SHARDED_LORA_NOTE = (
+    "LoRA under ZeRO-3/FSDP: this counts each GPU's share of the frozen base, but ms-swift's own "
+    "examples of these layouts log up to the whole base per GPU (its Qwen2.5-7B ZeRO-3 and FSDP2 "
+    "LoRA runs on 2 GPUs: 14.7-16 GiB; DeepSpeed issue 5109): leave room for the whole base, or "
+    "prefer ZeRO-2 or device_map"
+)
 # ZeRO-3 gathers at most this many elements at once (stage3_max_live_parameters).
 ZERO3_MAX_LIVE = 1e9
 
@@ -504,6 +511,8 @@ def estimate(
         notes.append("the ViT is trained (freeze_vit false)")
     if shape.vision:
         notes.append("the ViT's activations for images are not counted (they depend on image sizes)")
+    if sharded and run.tuner == "lora":
+        notes.append(SHARDED_LORA_NOTE)
     if shape.experts:
         notes.append(
             f"MoE: all {shape.experts} experts are held and trained; activations count the "

@@ -196,6 +196,9 @@ def make_plan(
     notes = []
     if effective_batch < 32:
         notes.append("the seed documents keep the effective batch at 32 or more")
+    pick = fitting[0].layout if fitting else None
+    if tuner == "lora" and pick and pick.deepspeed and pick.deepspeed.startswith("zero3"):
+        notes.append(memory.SHARDED_LORA_NOTE)
     return Plan(
         model=shape.name,
         tuner=tuner,
