@@ -45,7 +45,17 @@ def render_text(spec: TargetSpec, fmt: str) -> str:
 
     if fmt not in r.FORMATS:
         raise UsageError(f"--format: unknown format '{fmt}' (fix: use one of {', '.join(r.FORMATS)})")
-    resolved = resolve(spec.one(), spec.overrides(), picker=Unpicked(refuse=True))
+    name = spec.one()
+    if Path(name).is_dir():
+        # A run folder: the command of its last attempt, as its record holds it.
+        from sftctl.config.resolve import resolve_loaded
+        from sftctl.runtime.record import loaded_from_record
+
+        resolved = resolve_loaded(
+            loaded_from_record(Path(name)), spec.overrides(), picker=Unpicked(refuse=True)
+        )
+    else:
+        resolved = resolve(name, spec.overrides(), picker=Unpicked(refuse=True))
     return r.text(resolved, build(resolved, builtin_paths(resolved)), fmt)
 
 

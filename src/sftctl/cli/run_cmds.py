@@ -39,12 +39,32 @@ def run(
     force: Annotated[
         bool, typer.Option("--force", help="Launch even when the memory estimate says it will not fit.")
     ] = False,
+    on_oom: Annotated[
+        str | None,
+        typer.Option(
+            "--on-oom",
+            help="stop (default) or recover: after out-of-memory, resume the last checkpoint "
+            "with a smaller batch (same effective batch), then the rest of the ladder.",
+        ),
+    ] = None,
+    allow_shorter: Annotated[
+        bool, typer.Option("--allow-shorter", help="Recovery may shorten max_length.")
+    ] = False,
+    allow_optimizer_reset: Annotated[
+        bool,
+        typer.Option(
+            "--allow-optimizer-reset",
+            help="Recovery may resume the weights with a fresh optimizer where a rung changes "
+            "the optimizer state's layout (DDP to ZeRO).",
+        ),
+    ] = False,
     lock_fd: Annotated[int | None, typer.Option("--lock-fd", hidden=True)] = None,
     leases: Annotated[str | None, typer.Option("--leases", hidden=True)] = None,
 ) -> None:
     """Check the config and this machine, then launch and supervise the training command."""
     with boundary():
         name = spec.one()
+        spec = _with_recovery(spec, on_oom, allow_shorter, allow_optimizer_reset)
         from sftctl.runtime import launch
 
         opts = launch.RunOptions(
@@ -63,6 +83,21 @@ def run(
             return
         code = launch.run(name, spec.overrides(), opts)
     raise typer.Exit(code)
+
+
+def _with_recovery(spec: TargetSpec, on_oom: str | None, shorter: bool, reset: bool) -> TargetSpec:
+    """The recovery flags as the config keys they override (launch.on_oom, ...), so the
+    manifest records them and a detached run inherits them."""
+    import dataclasses
+
+    from sftctl.errors import UsageError
+
+    if on_oom is not None and on_oom not in ("stop", "recover"):
+        raise UsageError(f"--on-oom: unknown value '{on_oom}' (fix: use stop or recover)")
+    sets = [f"launch.on_oom={on_oom}"] if on_oom else []
+    sets += ["launch.allow_shorter=true"] if shorter else []
+    sets += ["launch.allow_optimizer_reset=true"] if reset else []
+    return dataclasses.replace(spec, sets=(*spec.sets, *sets)) if sets else spec
 
 
 def resume_cmd(

@@ -201,13 +201,25 @@ def show_run(folder: Path) -> None:
         "last_checkpoint",
         "first_loss",
         "last_loss",
+        "peak_rss_bytes",
+        "peak_process_rss_bytes",
+        "peak_gpu_memory_gib",
+        "peak_gpu_bytes",
+        "estimate",
         "versions",
     )
     brief = {k: data[k] for k in keys if data.get(k) is not None}
     brief["status"] = effective_status(data)
+    attempts = data.get("attempts") or []
     out = [
         f"# manifest: {path}",
         dump(brief, for_people=True).rstrip("\n"),
+    ]
+    if attempts:
+        from sftctl.runtime.recover import history
+
+        out += ["attempts:", *history(attempts)]
+    out += [
         "env:",
         *[f"  {k}={v}" for k, v in (data.get("env") or {}).items()],
         "argv:",

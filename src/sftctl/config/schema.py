@@ -61,6 +61,20 @@ class Launch(BaseModel):
         None, ge=1, le=65535, strict=True, description="rendezvous port; omitted: a free one at launch"
     )
     nnodes: int = Field(1, ge=1, strict=True, description="number of nodes")
+    on_oom: Literal["stop", "recover"] = Field(
+        "stop",
+        description="stop: a rank out of memory ends the run; recover: restart from the last "
+        "checkpoint with the next rung of the out-of-memory ladder (same effective batch)",
+    )
+    allow_shorter: bool = Field(
+        False, strict=True, description="on_oom recover may shorten max_length (changes what each step sees)"
+    )
+    allow_optimizer_reset: bool = Field(
+        False,
+        strict=True,
+        description="on_oom recover may resume the weights with a fresh optimizer when a rung "
+        "changes how optimizer state is laid out (DDP to ZeRO, ZeRO-2 to ZeRO-3)",
+    )
 
     @field_validator("gpus", mode="before")
     @classmethod

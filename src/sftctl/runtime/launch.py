@@ -21,7 +21,7 @@ from sftctl.checks import host as hostcheck
 from sftctl.checks.registry import report
 from sftctl.config.presets import Loaded
 from sftctl.config.resolve import Overrides, Resolved, resolve, resolve_loaded
-from sftctl.config.yamlio import dump, load_text
+from sftctl.config.yamlio import dump
 from sftctl.errors import ConfigError, LaunchError, Problem, RefusedError, errors_of
 from sftctl.resources import gpus, leases, memory
 from sftctl.resources.params import human
@@ -32,6 +32,7 @@ from sftctl.runtime.record import (
     STAGING,
     RunRecord,
     base_manifest,
+    loaded_from_record,
     new_run_id,
     now_iso,
     read_manifest,
@@ -413,12 +414,23 @@ def _launch(
     guard = watchdog.start(run_id, record.staging, opts.grace)
     record.data["watchdog"] = [guard.proc.pid, _start_of(guard.proc.pid)]
     try:
-        return _supervise(cmd, env, opts, cwd, record, mode, run_id, wall, held)
+        return _attempts(resolved, cmd, env, opts, cwd, record, mode, run_id, wall, held)
     finally:
         guard.done()
 
 
-def _supervise(
+@dataclass
+class _Ended:
+    """One attempt's end, before it is recorded."""
+
+    outcome: supervise.Outcome
+    stats: Any
+    tail: list[str]
+    per_rank: dict[str, int]
+
+
+def _attempts(
+    resolved: Resolved,
     cmd: launchers.Command,
     env: dict[str, str],
     opts: RunOptions,
@@ -429,9 +441,181 @@ def _supervise(
     wall: float,
     held: leases.Leases,
 ) -> int:
-    """Run the command under supervision and finish its record. The training command
-    holds the GPU leases too: they last while any of its processes does, even if the
-    supervisor and its watchdog are both killed."""
+    """Run the command; on out-of-memory with ``on_oom: recover``, climb the ladder: each
+    further attempt resumes the run's last complete checkpoint with the next rung."""
+    from sftctl.runtime import oom, recover
+
+    rows: list[dict[str, Any]] = []
+    change: str | None = None
+    delta: dict[str, Any] | None = None
+    first: Any = None  # the first attempt's progress: where the run's loss curve starts
+    resumed_from = resolved.args.get("resume_from_checkpoint")
+    optimizer = "restored" if resumed_from else None
+    peaks: list[supervise.Outcome] = []
+    while True:
+        before = oom.Counters.now()
+        row: dict[str, Any] = {"attempt": len(rows) + 1, "started_at": now_iso(), "change": change}
+        row["delta"] = delta
+        row.update(resumed_from=resumed_from, optimizer=optimizer)
+        ended = _supervise(cmd, env, opts, cwd, record, mode, run_id, held)
+        outcome = ended.outcome
+        peaks.append(outcome)
+        first = first or ended.stats
+        cause = (
+            None
+            if outcome.returncode == 0
+            else oom.cause(record.log, before, oom.Counters.now(), signalled=outcome.signal is not None)
+        )
+        row.update(
+            ended_at=now_iso(),
+            exit_code=outcome.returncode,
+            cause=cause,
+            first_step=ended.stats.first_step,
+            last_step=ended.stats.step,
+        )
+        rows.append(row)
+        record.data["attempts"] = rows
+        recovering = cause is not None and resolved.config.launch.on_oom == "recover"
+        nxt = recover.next_attempt(resolved, record.run_dir, len(rows), env) if recovering else None
+        if not isinstance(nxt, recover.Next):
+            status = _status(outcome) if cause is None else "out of memory"
+            recorded = _finish(record, ended, peaks, first, status, time.monotonic() - wall)
+            if mode != "quiet":
+                _summary(record, outcome, ended.stats, time.monotonic() - wall, ended.tail)
+                if cause is not None:
+                    _say(_oom_advice(cause, rows, nxt, resolved))
+            if not recorded:
+                _say(f"sftctl: could not record the end of the run ({record.write_error})")
+            return outcome.returncode
+        resolved = nxt.resolved
+        change = nxt.rung.why
+        delta = {k: v for k, v in nxt.rung.delta.items()}
+        resumed_from, optimizer = nxt.resumed_from, nxt.optimizer
+        cmd = launchers.build(resolved, builtin_paths(resolved), master_port=_port_for(resolved))
+        document = resolved.document()
+        record.data.update(
+            status="recovering",
+            config=document,
+            config_yaml=dump(document, for_people=True),
+            env=redact(cmd.env),
+            unset=cmd.unset,
+            argv=cmd.argv,
+            layout=resolved.layout.description,
+        )
+        if record.run_dir is not None:
+            jsonl = record.run_dir / "logging.jsonl"
+            record.jsonl_offset = jsonl.stat().st_size if jsonl.is_file() else 0
+        record.write()
+        _say(
+            f"sftctl: out of memory ({cause}) in attempt {len(rows)}; attempt {len(rows) + 1}: {change}"
+            + (f", resuming {resumed_from}" if resumed_from else ", from the start")
+            + (" with a fresh optimizer (--allow-optimizer-reset)" if optimizer == "reset" else "")
+        )
+
+
+def _port_for(resolved: Resolved) -> int | None:
+    """A fresh rendezvous port for a distributed attempt that names none."""
+    launch = resolved.config.launch
+    distributed = launch.launcher == "torchrun" or launch.nproc_per_node > 1 or launch.nnodes > 1
+    return supervise.find_free_port() if launch.master_port is None and distributed else None
+
+
+def _status(outcome: supervise.Outcome) -> str:
+    if outcome.killed:
+        return "killed"
+    if outcome.signal:
+        return "signalled"
+    return "succeeded" if outcome.returncode == 0 else "failed"
+
+
+def _finish(
+    record: RunRecord, ended: _Ended, peaks: list[supervise.Outcome], first: Any, status: str, wall: float
+) -> bool:
+    """The record's end fields (peaks: the largest over every attempt; the first loss and
+    step: the first attempt's); False when the disk would not take them."""
+    outcome, stats, per_rank = ended.outcome, ended.stats, ended.per_rank
+    return record.finish(
+        status=status,
+        exit_code=outcome.returncode,
+        signal=outcome.signal,
+        killed=outcome.killed,
+        descendants=outcome.descendants,
+        wall_seconds=round(wall, 2),
+        first_loss=first.first_loss if first.first_loss is not None else stats.first_loss,
+        last_loss=stats.loss,
+        first_step=first.first_step if first.first_step is not None else stats.first_step,
+        last_step=stats.step,
+        steps_per_second=stats.steps_per_second,
+        peak_rss_bytes=max(p.peak_rss for p in peaks),
+        peak_process_rss_bytes=max(p.peak_rss_process for p in peaks),
+        peak_gpu_memory_gib=stats.peak_memory_gib,
+        peak_gpu_bytes=max(per_rank.values()) if per_rank else None,
+        peak_gpu_bytes_per_process=per_rank or None,
+    )
+
+
+def _oom_advice(cause: str, rows: list[dict[str, Any]], nxt: object, resolved: Resolved) -> str:
+    """What the user reads after a run ended out of memory."""
+    from sftctl.runtime import recover
+
+    lines = [f"sftctl: the run ran out of memory ({cause})"]
+    if len(rows) > 1:
+        lines += ["  attempts:", *recover.history(rows)]
+    if isinstance(nxt, recover.GiveUp):
+        lines.append(f"  gave up: {nxt.why}")
+        lines.append(f"  fix: {nxt.fix}")
+    elif resolved.config.launch.on_oom != "recover":
+        lines.append(
+            "  fix: sftctl run ... --on-oom recover restarts it from its last checkpoint with a "
+            "smaller per-device batch (same effective batch) and the rest of the ladder"
+        )
+    suggestion = _plan_suggestion(resolved)
+    if suggestion:
+        lines.append(f"  sftctl plan suggests: {suggestion}")
+    return "\n".join(lines)
+
+
+def _plan_suggestion(resolved: Resolved) -> str | None:
+    """The planner's pick for this model on this run's GPUs, when sftctl knows both."""
+    listed = resolved.config.launch.gpus
+    if resolved.layout.use_cpu or not listed:
+        return None
+    try:
+        from sftctl.resources import planner
+
+        view = gpus.host_view(os.environ)
+        sizes = [view.described[g].total_bytes for g in listed if g in view.described]
+        if not sizes:
+            return None
+        model = str(resolved.args.get("model") or "")
+        tuner = "full" if str(resolved.args.get("tuner_type") or "lora") == "full" else "lora"
+        length = int(str(resolved.args.get("max_length") or 2048))
+        batch = resolved.effective_batch or 16
+        result, _ = planner.plan_for(model, tuner, None, len(listed), float(min(sizes)), length, batch)
+    except (ConfigError, ValueError, ArithmeticError, OSError):
+        return None
+    pick = result.pick
+    if pick is None:
+        return f"nothing fits {len(listed)} such GPUs"
+    return (
+        f"{pick.layout.name}, batch {pick.per_device_batch} x accumulation {pick.grad_accum} "
+        f"({pick.peak_gib} GiB per GPU)"
+    )
+
+
+def _supervise(
+    cmd: launchers.Command,
+    env: dict[str, str],
+    opts: RunOptions,
+    cwd: Path,
+    record: RunRecord,
+    mode: str,
+    run_id: str,
+    held: leases.Leases,
+) -> _Ended:
+    """Run one attempt of the command under supervision. The training command holds the
+    GPU leases too: they last while any of its processes does, even if the supervisor and
+    its watchdog are both killed."""
     from sftctl.runtime.progress import Follower
 
     def started(pid: int) -> None:
@@ -469,40 +653,7 @@ def _supervise(
         if gpu is not None:
             gpu.close()
     per_rank = {str(pid): used for pid, used in sorted(gpu.peak.items())} if gpu else {}
-    wall = time.monotonic() - wall
-    status = (
-        "killed"
-        if outcome.killed
-        else "signalled"
-        if outcome.signal
-        else "succeeded"
-        if outcome.returncode == 0
-        else "failed"
-    )
-    stats = follower.stats
-    recorded = record.finish(
-        status=status,
-        exit_code=outcome.returncode,
-        signal=outcome.signal,
-        killed=outcome.killed,
-        descendants=outcome.descendants,
-        wall_seconds=round(wall, 2),
-        first_loss=stats.first_loss,
-        last_loss=stats.loss,
-        first_step=stats.first_step,
-        last_step=stats.step,
-        steps_per_second=stats.steps_per_second,
-        peak_rss_bytes=outcome.peak_rss,
-        peak_process_rss_bytes=outcome.peak_rss_process,
-        peak_gpu_memory_gib=stats.peak_memory_gib,
-        peak_gpu_bytes=max(per_rank.values()) if per_rank else None,
-        peak_gpu_bytes_per_process=per_rank or None,
-    )
-    if mode != "quiet":
-        _summary(record, outcome, stats, wall, list(tail))
-    if not recorded:
-        _say(f"sftctl: could not record the end of the run ({record.write_error})")
-    return outcome.returncode
+    return _Ended(outcome, follower.stats, list(tail), per_rank)
 
 
 def _start_of(pid: int) -> int | None:
@@ -524,6 +675,11 @@ def _summary(record: RunRecord, outcome: supervise.Outcome, stats: Any, wall: fl
             f"sftctl: training failed with exit code {outcome.returncode}; last lines of its output:"
         )
         lines += [f"  | {t}" for t in tail]
+    attempts = record.data.get("attempts") or []
+    if len(attempts) > 1:
+        from sftctl.runtime.recover import history
+
+        lines += ["  attempts (out-of-memory recovery):", *history(attempts)]
     if record.data.get("last_checkpoint"):
         lines.append(f"  checkpoint: {record.data['last_checkpoint']}")
         if outcome.returncode != 0:
@@ -754,26 +910,12 @@ def resume(run_dir: Path, opts: RunOptions) -> int:
                 ),
             ]
         )
-    if not data.get("config_yaml"):
-        raise RefusedError(
-            problems=[
-                report(
-                    "R002", str(run_dir), "the record holds no config to resume", "start it with sftctl run"
-                )
-            ]
-        )
-    # The YAML keeps numbers as they were written (1e-4), unlike the JSON copy.
-    config = load_text(str(data["config_yaml"]), str(run_dir))
-    args = config.get("args")
-    config["args"] = {**(args if isinstance(args, dict) else {}), "resume_from_checkpoint": str(done[-1])}
-    loaded = Loaded(
-        target=str(run_dir),
-        preset=data.get("preset"),
-        data=config,
-        origin={f"args.{k}": "manifest" for k in config["args"]},
-        recorded_digest=data.get("preset_hash"),
-        recorded_files=list(data.get("files") or []),
-    )
+    loaded = loaded_from_record(run_dir, data)
+    # A weights-only resume was one attempt's way past a new optimizer layout; the run's own
+    # checkpoints are in its final layout.
+    loaded.data["args"].pop("resume_only_model", None)
+    loaded.data["args"]["resume_from_checkpoint"] = str(done[-1])
+    loaded.origin["args.resume_from_checkpoint"] = "manifest"
     return run(
         data.get("target", str(run_dir)),
         Overrides(swift_version=str(data.get("swift_version"))),

@@ -22,6 +22,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from sftctl.config.presets import Loaded
+from sftctl.config.yamlio import load_text
 from sftctl.errors import ConfigError
 from sftctl.swift.outputs import ANNOUNCE, RUN_FOLDER, complete_checkpoints
 from sftctl.util.fs import load_json, write_json_atomic
@@ -252,7 +254,7 @@ _FIELDS: dict[str, tuple[type, ...]] = {
         ("peak_gpu_memory_gib", "first_loss", "last_loss", "wall_seconds", "steps_per_second"),
         (int, float, type(None)),
     ),
-    **dict.fromkeys(("argv", "unset", "descendants", "files", "watchdog"), (list, type(None))),
+    **dict.fromkeys(("argv", "unset", "descendants", "files", "watchdog", "attempts"), (list, type(None))),
     **dict.fromkeys(
         ("env", "config", "versions", "estimate", "peak_gpu_bytes_per_process"), (dict, type(None))
     ),
@@ -279,6 +281,8 @@ def shape_problem(data: Any) -> str | None:
             return f"its {key} holds something other than text"
     if any(not isinstance(v, str) for v in (data.get("env") or {}).values()):
         return "its env holds something other than text"
+    if any(not isinstance(row, dict) for row in data.get("attempts") or []):
+        return "its attempts hold something other than records"
     return None
 
 
@@ -360,3 +364,28 @@ def list_runs(output_dir: Path, broken: list[str] | None = None) -> list[dict[st
         data["_manifest"] = str(path)
         seen[str(data.get("run_id") or path)] = data
     return sorted(seen.values(), key=lambda d: str(d.get("started_at", "")))
+
+
+def loaded_from_record(run_dir: Path, data: dict[str, Any] | None = None) -> Loaded:
+    """The config a recorded run last ran with (after out-of-memory recovery: its last
+    attempt's), as a loaded config to resolve again."""
+    if data is None:
+        run_dir, data = read_manifest(run_dir)
+    if not data.get("config_yaml"):
+        from sftctl.checks.registry import report
+
+        raise ConfigError(
+            problems=[report("R002", str(run_dir), "the record holds no config", "start it with sftctl run")]
+        )
+    # The YAML keeps numbers as they were written (1e-4), unlike the JSON copy.
+    config = load_text(str(data["config_yaml"]), str(run_dir))
+    args = config.get("args")
+    config["args"] = dict(args) if isinstance(args, dict) else {}
+    return Loaded(
+        target=str(run_dir),
+        preset=data.get("preset"),
+        data=config,
+        origin={f"args.{k}": "manifest" for k in config["args"]},
+        recorded_digest=data.get("preset_hash"),
+        recorded_files=list(data.get("files") or []),
+    )

@@ -1,0 +1,160 @@
+"""The out-of-memory ladder (pure), the next attempt's config, and how an out-of-memory
+death is told from others: the output's errors and the memory cgroup's OOM-kill count."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sftctl.config.resolve import Overrides, resolve
+from sftctl.runtime import ladder, oom, recover
+
+
+def climb(args: dict[str, Any], world: int, **kw: Any) -> list[tuple[str, dict[str, Any], bool]]:
+    """Every rung from ``args`` to the top."""
+    out = []
+    while (rung := ladder.next_rung(args, world, **kw)) is not None:
+        out.append((rung.name, rung.delta, rung.relayout))
+        args = {k: v for k, v in {**args, **rung.delta}.items() if v is not None}
+        assert len(out) < 20
+    return out
+
+
+def test_full_ddp_ladder_keeps_the_effective_batch() -> None:
+    args = {"tuner_type": "full", "per_device_train_batch_size": 6, "gradient_accumulation_steps": 2,
+            "gradient_checkpointing": False}  # fmt: skip
+    assert climb(args, 2) == [
+        ("smaller batch", {"per_device_train_batch_size": 3, "gradient_accumulation_steps": 4}, False),
+        ("smaller batch", {"per_device_train_batch_size": 1, "gradient_accumulation_steps": 12}, False),
+        ("gradient checkpointing", {"gradient_checkpointing": True}, False),
+        ("more sharding", {"deepspeed": "zero2"}, True),
+        ("more sharding", {"deepspeed": "zero3"}, True),
+        ("more sharding", {"deepspeed": "zero3_offload"}, False),
+    ]
+
+
+def test_one_process_full_goes_to_offload_and_shorter_only_when_allowed() -> None:
+    args = {"tuner_type": "full", "max_length": 4096, "use_cpu": True}
+    assert [r[1] for r in climb(args, 1, allow_shorter=True, use_cpu=True)] == [
+        {"deepspeed": "zero2_offload", "fp16": False},
+        {"deepspeed": "zero3_offload", "fp16": False},
+        {"max_length": 2048},
+        {"max_length": 1024},
+        {"max_length": 512},
+        {"max_length": 256},
+    ]
+    assert len(climb(args, 1)) == 2
+
+
+def test_ms_swift_default_accumulation_is_kept() -> None:
+    # No accumulation given: ms-swift uses ceil(16 / 4 / 2) = 2, so 8 rows x 2 processes.
+    rung = ladder.next_rung({"per_device_train_batch_size": 4}, 2)
+    assert rung is not None
+    assert rung.delta == {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 4}
+
+
+def test_lora_ends_with_the_emergency_config() -> None:
+    args = {"tuner_type": "lora", "per_device_train_batch_size": 2, "attn_impl": "eager", "packing": True,
+            "max_length": 8192}  # fmt: skip
+    assert [r[1] for r in climb(args, 1)][-1] == {"attn_impl": "sdpa"}
+    assert [r[1] for r in climb(args, 1, allow_shorter=True)][-1] == {
+        "attn_impl": "sdpa",
+        "max_length": 2048,
+        "packing": False,
+    }
+    assert climb({"tuner_type": "lora"}, 1) == []  # nothing left: the run gives up
+
+
+def test_a_users_own_deepspeed_json_is_not_rewritten() -> None:
+    assert ladder.next_rung({"tuner_type": "full", "deepspeed": "./ds.json"}, 2) is None
+
+
+def _resolved(tmp_path: Path, *sets: str) -> Any:
+    return resolve("cpu-smoke-ddp", Overrides(sets=("per_device_train_batch_size=1", *sets)), env={})
+
+
+def _checkpoint(run_dir: Path, step: int, complete: bool = True) -> Path:
+    ckpt = run_dir / f"checkpoint-{step}"
+    ckpt.mkdir(parents=True)
+    if complete:
+        (ckpt / "trainer_state.json").write_text("{}")
+        (ckpt / "model.safetensors").write_bytes(b"x")
+    return ckpt
+
+
+def test_a_new_optimizer_layout_needs_consent(tmp_path: Path) -> None:
+    run_dir = tmp_path / "v0-20260101-000000"
+    ckpt = _checkpoint(run_dir, 2)
+    refused = recover.next_attempt(_resolved(tmp_path), run_dir, 1, {})
+    assert isinstance(refused, recover.GiveUp)
+    assert "--allow-optimizer-reset" in refused.fix and "DDP -> DeepSpeed zero2" in refused.why
+    allowed = recover.next_attempt(_resolved(tmp_path, "launch.allow_optimizer_reset=true"), run_dir, 1, {})
+    assert isinstance(allowed, recover.Next) and allowed.optimizer == "reset"
+    args = allowed.resolved.args
+    assert args["resume_only_model"] is True and args["resume_from_checkpoint"] == str(ckpt)
+    assert args["output_dir"] == str(run_dir) and args["add_version"] is False
+    assert allowed.resolved.loaded.origin["args.deepspeed"] == recover.LADDER
+
+
+def test_half_written_checkpoints_are_set_aside(tmp_path: Path) -> None:
+    run_dir = tmp_path / "v0-20260101-000000"
+    _checkpoint(run_dir, 2)
+    _checkpoint(run_dir, 4, complete=False)
+    nxt = recover.next_attempt(_resolved(tmp_path, "per_device_train_batch_size=2"), run_dir, 1, {})
+    assert isinstance(nxt, recover.Next) and nxt.optimizer == "restored"
+    assert nxt.resumed_from == str(run_dir / "checkpoint-2")
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint-2", "checkpoint-4.incomplete-attempt1"]
+
+
+@pytest.mark.parametrize(
+    ("text", "cause"),
+    [
+        ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", "CUDA out of memory"),
+        ("RuntimeError: [enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: "
+         "can't allocate memory: you tried to allocate 4294967296 bytes", "CPU allocator out of memory"),
+        ("ValueError: bad dataset", None),
+        ("torch.distributed.elastic.multiprocessing.errors.ChildFailedError: Signal 9 (SIGKILL)", None),
+    ],
+)  # fmt: skip
+def test_out_of_memory_in_the_output(tmp_path: Path, text: str, cause: str | None) -> None:
+    log = tmp_path / "sftctl.log"
+    log.write_text("step 1\n" + text + "\n")
+    quiet = oom.Counters(())
+    assert oom.cause(log, quiet, quiet, signalled=False) == cause
+    assert oom.cause(log, quiet, quiet, signalled=True) is None  # the user's signal: never
+
+
+def _cgroup_tree(root: Path, inner: int, outer: int) -> str:
+    """A cgroup v1 memory hierarchy under ``root`` with OOM-kill counts; returns the text
+    of /proc/PID/cgroup for a process in its inner cgroup."""
+    for folder, kills in ((root / "memory" / "job", outer), (root / "memory" / "job" / "step", inner)):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "memory.oom_control").write_text(f"oom_kill_disable 0\nunder_oom 0\noom_kill {kills}\n")
+    return "12:memory:/job/step\n11:cpu,cpuacct:/job\n0::/\n"
+
+
+def test_oom_kills_are_counted_in_the_cgroup_and_above(tmp_path: Path) -> None:
+    text = _cgroup_tree(tmp_path, 0, 0)
+    before = oom.Counters.of(text, tmp_path)
+    assert [Path(name).name for name, _ in before.kills] == ["step", "job", "memory"]  # up to the root
+    _cgroup_tree(tmp_path, 0, 1)  # a limit on the job: the kill is counted there
+    after = oom.Counters.of(text, tmp_path)
+    assert after.killed_since(before) and not before.killed_since(before)
+    log = tmp_path / "log"
+    log.write_text("exit code -9\n")
+    assert oom.cause(log, before, after, signalled=False) == "kernel OOM kill (memory cgroup limit)"
+
+
+def test_cgroup_v2_memory_events(tmp_path: Path) -> None:
+    (tmp_path / "user.slice").mkdir()
+    (tmp_path / "user.slice" / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\n")
+    counters = oom.Counters.of("0::/user.slice\n", tmp_path)
+    assert counters.kills == ((str(tmp_path / "user.slice"), 2), (str(tmp_path), 0))
+
+
+def test_this_process_counters_read_without_error() -> None:
+    counters = oom.Counters.now()
+    assert all(count >= 0 for _, count in counters.kills)
+    assert not counters.killed_since(counters)
