@@ -279,6 +279,11 @@ def test_lease_folder_is_shared_and_refused_when_unsafe(tmp_path: Path) -> None:
         os.chown(squatted, 65534, 65534)
         with pytest.raises(LeaseDirError, match="belongs to another user"):
             _ready(squatted, default=True)
+    open_to_all = tmp_path / "open"
+    open_to_all.mkdir()
+    open_to_all.chmod(0o777)  # mine, but anyone could delete the leases in it
+    with pytest.raises(LeaseDirError, match="writable by every user but not sticky"):
+        _ready(open_to_all, default=False)
 
 
 def test_an_unusable_lease_folder_is_one_refusal(host: Host) -> None:

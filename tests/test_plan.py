@@ -77,11 +77,35 @@ def test_nothing_fits_is_said_and_writes_nothing(tmp_path: Path) -> None:
         "--gpu-mem",
         "24GiB",
     ]
-    out = RUNNER.invoke(app, argv)
+    # ZeRO-3 offload holds one layer at a time on the GPU: a 72B fits one 24 GiB card when
+    # the node has the RAM for everything else.
+    big = json.loads(RUNNER.invoke(app, [*argv, "--host-mem", "2TiB", "--json"]).stdout)
+    assert big["pick"]["layout"]["name"] == "zero3_offload"
+    out = RUNNER.invoke(app, [*argv, "--host-mem", "256GiB"])
     assert out.exit_code == 0 and "no layout fits" in out.stdout
-    out = RUNNER.invoke(app, [*argv, "-o", str(tmp_path / "x.yaml")])
+    assert "GiB of host RAM; 243 GiB usable" in out.stdout
+    out = RUNNER.invoke(app, [*argv, "--host-mem", "256GiB", "-o", str(tmp_path / "x.yaml")])
     assert out.exit_code == 1 and "no layout fits, so there is no config to write" in out.output
     assert not (tmp_path / "x.yaml").exists()
+
+
+def test_plan_o_never_replaces_a_file_that_appears_while_planning(tmp_path: Path) -> None:
+    from sftctl.util import fs
+
+    target = tmp_path / "mine.yaml"
+    fs.write_new(target, "first\n")
+    with pytest.raises(FileExistsError):
+        fs.write_new(target, "second\n")
+    assert target.read_text() == "first\n" and [p.name for p in tmp_path.iterdir()] == ["mine.yaml"]
+
+
+def test_huge_plan_sizes_are_refused_clearly() -> None:
+    base = ["plan", "--model", "Qwen/Qwen3-8B", "--gpu-count", "4096", "--gpu-mem", "80GiB"]
+    out = RUNNER.invoke(app, [*base, "--batch", "16000000"])
+    assert out.exit_code == 1 and "--batch: gradient_accumulation_steps" in out.output
+    assert "beyond any machine" in out.output and "Traceback" not in out.output
+    out = RUNNER.invoke(app, [*base, "--max-length", "99999999999999999999"])
+    assert out.exit_code == 2 and "--max-length" in out.output
 
 
 def test_plan_mistakes_are_one_clear_message(tmp_path: Path) -> None:

@@ -148,6 +148,13 @@ def test_validate_host_checks_the_disk_as_run_does(
         cwd=work, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert out.returncode == 1 and "not enough disk: 5 checkpoints" in out.stderr, out.stderr
+    # Keeping every checkpoint (no limit) does not excuse the first one from fitting.
+    out = subprocess.run(
+        [*sftctl_exe(), "validate", "--host", "zero2-qwen3-8b", "--set", f"output_dir={small_disk}/o",
+         "--set", "save_total_limit=null"],
+        cwd=work, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 1 and "not enough disk: 1 checkpoint (save_total_limit is unset)" in out.stderr
 
 
 def test_a_valid_run_does_reach_the_launcher(sandbox: tuple[Path, dict[str, str], Path]) -> None:

@@ -1,3 +1,3 @@
-from sftctl.cli import main
+from sftctl.entry import main
 
 main()

@@ -273,6 +273,14 @@ def build_tiny_qwen3(dest: Path) -> Path:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, dest)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        # The tokenizers library reports a full disk or a read-only folder as a plain
+        # Exception with the OS's words; the caller handles OSError.
+        raise OSError(f"cannot build the tiny model in {dest.parent}: {exc}") from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

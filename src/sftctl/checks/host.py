@@ -248,21 +248,24 @@ def check_disk(resolved: Resolved, output_dir: Path, model_dir: Path | None) -> 
     per = int(size)
     limit = resolved.args.get("save_total_limit")
     if not isinstance(limit, int) or limit <= 0:
-        return [
-            report(
-                "H009",
-                "args.save_total_limit",
-                f"save_total_limit is unset, so every checkpoint is kept "
-                f"(about {human(per)} each; {human(free)} free on {where})",
-            )
-        ]
+        unset = report(
+            "H009",
+            "args.save_total_limit",
+            f"save_total_limit is unset, so every checkpoint is kept "
+            f"(about {human(per)} each; {human(free)} free on {where})",
+        )
+        # Even then, the first checkpoint must fit.
+        limit = 0
+        if per <= free:
+            return [unset]
     count = limit + 1
+    why = "save_total_limit + 1 being written" if count > 1 else "save_total_limit is unset"
     if per * count > free:
         return [
             report(
                 "H007",
                 "args.output_dir",
-                f"not enough disk: {count} checkpoints (save_total_limit + 1 being written) of about "
+                f"not enough disk: {count} checkpoint{'s' if count > 1 else ''} ({why}) of about "
                 f"{human(per)} each need {human(per * count)}, but {where} has {human(free)} free",
                 "free space, lower save_total_limit, or set output_dir on a larger disk",
             )

@@ -37,14 +37,22 @@ def estimate(spec: TargetSpec, seq_len: SeqLenOpt = None, as_json: JsonOpt = Fal
     from sftctl.resources.memory import for_resolved
 
     with boundary():
-        result = for_resolved(resolve(spec.one(), spec.overrides()), seq_len=seq_len)
+        resolved = resolve(spec.one(), spec.overrides())
+        result = for_resolved(resolved, seq_len=seq_len)
+        launch = resolved.loaded.data.get("launch")
+        asked = spec.gpus or (launch.get("gpus") if isinstance(launch, dict) else None)
+        if isinstance(asked, str) and asked.strip().lower().startswith("auto"):
+            count = len(resolved.config.launch.gpus or [])
+            result.notes.append(
+                f"--gpus {asked.strip()}: estimated for {count} GPU(s); sftctl run picks free ones at launch"
+            )
         if as_json:
             sys.stdout.write(json.dumps(result.as_dict(), indent=2, ensure_ascii=False) + "\n")
             return
         views.estimate_table(result)
 
 
-def _gib(value: str) -> float:
+def _gib(value: str, hint: str = "--gpu-mem") -> float:
     """'80GiB', '80G', '24 GB', '81920MiB' as bytes (GB read as GiB: cards are sold that way)."""
     text = value.strip().lower().replace(" ", "")
     units = (
@@ -67,7 +75,7 @@ def _gib(value: str) -> float:
     except ValueError:
         number = math.nan
     if not (math.isfinite(number) and 0 < number <= 1e6):
-        raise typer.BadParameter(f"{value!r} is not a memory size (give e.g. 80GiB)", param_hint="--gpu-mem")
+        raise typer.BadParameter(f"{value!r} is not a memory size (give e.g. 80GiB)", param_hint=hint)
     return number * factor
 
 
@@ -84,8 +92,18 @@ def plan(
     gpu_mem: Annotated[
         str | None, typer.Option("--gpu-mem", help="Memory per GPU, e.g. 80GiB (default: what is free here).")
     ] = None,
-    max_length: Annotated[int, typer.Option("--max-length", min=1, help="Tokens per row.")] = 2048,
-    batch: Annotated[int, typer.Option("--batch", min=1, help="The effective batch to keep.")] = 32,
+    host_mem: Annotated[
+        str | None,
+        typer.Option(
+            "--host-mem", help="RAM of a node (offload lives there; default: this machine's for --gpus)."
+        ),
+    ] = None,
+    max_length: Annotated[
+        int, typer.Option("--max-length", min=1, max=1 << 24, help="Tokens per row.")
+    ] = 2048,
+    batch: Annotated[
+        int, typer.Option("--batch", min=1, max=1 << 24, help="The effective batch to keep.")
+    ] = 32,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write the pick as a config.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite the -o file if it exists.")] = False,
     as_json: JsonOpt = False,
@@ -102,12 +120,17 @@ def plan(
         if output is not None and (output.exists() or output.is_symlink()) and not force:
             raise typer.BadParameter(f"{output} exists; --force overwrites it", param_hint="-o")
         memory = _gib(gpu_mem) if gpu_mem else None
-        result, ids = plan_for(model, tuner, gpus, gpu_count, memory, max_length, batch)
+        host = _gib(host_mem, "--host-mem") if host_mem else None
+        result, ids = plan_for(model, tuner, gpus, gpu_count, memory, max_length, batch, host)
         if output is not None:
-            from sftctl.util.fs import write_new_or_regular
+            from sftctl.util.fs import write_new, write_new_or_regular
 
             try:
-                write_new_or_regular(output, plan_config(result, ids))
+                (write_new_or_regular if force else write_new)(output, plan_config(result, ids))
+            except FileExistsError:
+                raise typer.BadParameter(
+                    f"{output} appeared while planning; --force overwrites it", param_hint="-o"
+                ) from None
             except OSError as exc:
                 raise typer.BadParameter(
                     f"cannot write {output}: {exc.strerror or exc}", param_hint="-o"

@@ -280,7 +280,8 @@ def plan_table(result: Plan) -> None:
         print("no layout fits: more or larger GPUs, a shorter max_length, or LoRA")
     else:
         print(f"pick: {result.pick.layout.name} (no offload before offload, full precision before 4-bit,")
-        print("  data parallel before device_map, then fewer bytes communicated, then a larger batch)")
+        print("  LoRA: a whole base per GPU before ZeRO-3; data parallel before device_map, then")
+        print("  fewer bytes communicated, then a larger batch)")
     print(f"learning rate: {result.learning_rate:g} ({result.learning_rate_why})")
     for note in result.notes:
         print(f"note: {note}")

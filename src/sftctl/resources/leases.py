@@ -75,6 +75,12 @@ def _ready(path: Path, default: bool) -> Path:
             f"{path} belongs to another user (uid {st.st_uid}, mode {mode}), who could delete the leases "
             f"in it; let root create it (mkdir -m 1777 {path})"
         )
+    if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+        # Writable by all without the sticky bit: any user could delete another's lease.
+        raise LeaseDirError(
+            f"{path} is writable by every user but not sticky (mode {st.st_mode & 0o7777:o}): anyone "
+            f"could delete another run's lease; chmod 1777 {path}"
+        )
     if not os.access(path, os.W_OK | os.X_OK):
         raise LeaseDirError(f"{path} is not writable by this user")
     return path

@@ -238,14 +238,20 @@ LIMITS = {
 
 
 class TooLarge(ValueError):
-    """A run setting beyond any machine (args: the key, the message)."""
+    """A run setting beyond any machine."""
+
+    def __init__(self, key: str, value: int) -> None:
+        digits = str(value) if value < 10**4000 else "9" * 4001  # str() of larger ints is refused
+        shown = digits if len(digits) <= 12 else f"{digits[0]}.{digits[1:4]}e+{len(digits) - 1}"
+        super().__init__(f"{key} {shown} is beyond any machine (at most {LIMITS[key]})")
+        self.key = key
 
 
 def _int(value: Any, default: int, key: str = "") -> int:
     if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
         return default
     if key in LIMITS and value > LIMITS[key]:
-        raise TooLarge(key, f"{str(value)[:24]} is beyond any machine (at most {LIMITS[key]})")
+        raise TooLarge(key, value)
     return value
 
 
@@ -416,9 +422,14 @@ def estimate(
         g = 2.0 if run.tuner == "full" or zero else 4.0
         split = world if zero.stage >= 2 else 1
         bucket = (zero.bucket or shape.hidden**2) * 2
-        grads = t * g / split + bucket
-        gwhy = f"{g:.0f} B per trainable parameter" + (f", split over {world} ranks" if split > 1 else "")
-        gwhy += f", plus a {bucket / 2**20:.0f} MiB reduce bucket"
+        if zero.offload_optimizer:
+            # Reduced gradients go straight to the host's fp32 partition: the GPU keeps the bucket.
+            grads = bucket
+            gwhy = f"a {bucket / 2**20:.0f} MiB reduce bucket; reduced gradients go to the host (offload)"
+        else:
+            grads = t * g / split + bucket
+            gwhy = f"{g:.0f} B per trainable parameter" + (f", split over {world} ranks" if split > 1 else "")
+            gwhy += f", plus a {bucket / 2**20:.0f} MiB reduce bucket"
         if zero.offload_optimizer:
             opt, owhy = 0.0, "fp32 moments and master weights are on the host (offload)"
             step = 0.0
@@ -480,10 +491,15 @@ def estimate(
     held = grads if run.grad_accum > 1 else 0.0
     dynamic = max(held + activations + logits, grads + step)
     allocated = static + dynamic
-    if zero is not None and zero.stage in (1, 2):
-        # DeepSpeed flattens the trainable weights on the GPU while the originals still exist:
-        # two more bf16 copies for a moment at start-up (ms-swift logs the lifetime peak).
-        allocated = max(allocated, weights + 2 * t * 2)
+    if zero is not None and zero.stage in (1, 2) and weights + t * w > allocated:
+        # DeepSpeed flattens the trainable weights beside the originals, on the GPU only when
+        # it has room (on the host otherwise): it never makes a run fail, but ms-swift's
+        # memory(GiB), a lifetime maximum, can show it.
+        flat = (weights + t * w) * RESERVED_FACTOR + FIXED_BYTES
+        notes.append(
+            f"ms-swift's logged memory(GiB) may show up to {flat / 2**30:.1f} GiB: at start-up DeepSpeed "
+            "flattens the trainable weights beside the originals when the GPU has room for it"
+        )
     if cpu:
         peak = allocated
     else:
@@ -496,7 +512,7 @@ def estimate(
             )
         )
     rows = (
-        "packing fills each row to max_length"
+        "packing fills each row to max_length" + (", whatever --seq-len says" if seq_len else "")
         if truthy(args.get("packing"))
         else f"the longest row given, capped at max_length {run.seq_len}"
         if seq_len and seq_len > run.seq_len
@@ -618,7 +634,9 @@ def for_resolved(
             shape_of(resolved, env, cwd), resolved.args, resolved.layout, seq_len=seq_len, cwd=cwd
         )
     except TooLarge as exc:
-        raise ConfigError(problems=[report("M003", "args", str(exc), "give a size a GPU can hold")]) from None
+        raise ConfigError(
+            problems=[report("M003", f"args.{exc.key}", str(exc), "give a size a GPU can hold")]
+        ) from None
 
 
 def checkpoint_size(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import struct
 from pathlib import Path
 
@@ -27,6 +26,9 @@ def count(n: float) -> str:
 
 
 HEADER_LIMIT = 100 * 2**20  # a safetensors header is a few MB even for the largest models
+
+
+MAX_DIMS = 16  # safetensors tensors of real models have at most a few
 
 
 def count_parameters(model_dir: Path) -> int | None:
@@ -72,7 +74,17 @@ def _header_count(path: Path) -> int | None:
         if name == "__metadata__":
             continue
         shape = meta.get("shape") if isinstance(meta, dict) else None
-        if not isinstance(shape, list) or not all(isinstance(d, int) and 0 <= d < 2**40 for d in shape):
+        # Real tensors have a handful of dimensions; a product is checked as it grows.
+        if not isinstance(shape, list) or len(shape) > MAX_DIMS:
             return None
-        total += math.prod(shape)
-    return total if total < 2**50 else None
+        count = 1
+        for d in shape:
+            if not isinstance(d, int) or isinstance(d, bool) or not 0 <= d < 2**40:
+                return None
+            count *= d
+            if count >= 2**50:
+                return None
+        total += count
+        if total >= 2**50:
+            return None
+    return total

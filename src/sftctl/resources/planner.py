@@ -3,8 +3,11 @@ and the best one, with a per-device batch and accumulation that keep the effecti
 
 The order of preference: no offload before offload (the host's PCIe link is slower than any
 GPU interconnect), full precision before 4-bit (QLoRA changes what is trained), data
-parallel before model parallel (device_map runs the GPUs one after another), then fewer
-bytes communicated per optimizer step, then a larger per-device batch (fewer, fuller steps).
+parallel before model parallel (device_map runs the GPUs one after another), but for LoRA a
+whole base on each GPU before ZeRO-3 (ms-swift's own ZeRO-3 LoRA runs log about the whole
+base per GPU anyway: memory.SHARDED_LORA_NOTE), then fewer bytes communicated per optimizer
+step, then a larger per-device batch (fewer, fuller steps). A layout must also fit a node's
+RAM when it is known (--host-mem, or this machine's when planning for its own GPUs).
 The learning rate follows the seed documents: full fine-tuning 1e-5 for about 7B, 5e-6 for
 13B, 2e-6 for 30B, 1e-6 for 65B and up; LoRA 2e-4 (1e-4 for QLoRA, steadier).
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sftctl.checks.registry import report
@@ -51,12 +55,14 @@ class Option:
     peak_gib: float | None
     comm_gib: float
     why: str
+    doubtful: bool = False  # LoRA on ZeRO-3: measured runs hold more than the estimate
 
-    def rank(self) -> tuple[int, int, int, float, int]:
+    def rank(self) -> tuple[int, int, int, int, float, int]:
         lay = self.layout
         return (
             int(lay.offload),
             int(lay.quant_bits is not None),
+            int(self.doubtful),
             int(lay.model_parallel),
             round(self.comm_gib, 1),
             -(self.per_device_batch or 0),
@@ -139,9 +145,10 @@ def make_plan(
     gpu_bytes: float,
     max_length: int,
     effective_batch: int,
+    host_bytes: float | None = None,
 ) -> Plan:
-    """Every layout on ``gpus`` GPUs of ``gpu_bytes`` each, the largest batch that fits in
-    each, and the pick."""
+    """Every layout on ``gpus`` GPUs of ``gpu_bytes`` each (and a node's ``host_bytes`` of
+    RAM, when known), the largest batch that fits in each, and the pick."""
     options: list[Option] = []
     usable = gpu_bytes * USABLE
     for lay in layouts(gpus, tuner):
@@ -162,15 +169,21 @@ def make_plan(
         batches = [b for b in (64, 32, 16, 8, 4, 2, 1) if b <= per_process and per_process % b == 0]
         chosen: tuple[int, int, float] | None = None
         smallest: float | None = None
+        host_need = 0.0
         for b in batches:
             run_args = {**args, "per_device_train_batch_size": b}
             run_args["gradient_accumulation_steps"] = per_process // b
             layout = plan_layout(Launch(gpus=list(range(gpus)), nproc_per_node=lay.nproc), run_args)
-            peak = memory.estimate(shape, run_args, layout).peak_bytes + memory.CUDA_CONTEXT_BYTES
-            smallest = peak
+            guess = memory.estimate(shape, run_args, layout)
+            peak = guess.peak_bytes + memory.CUDA_CONTEXT_BYTES
+            smallest, host_need = peak, guess.host_bytes
             if peak <= usable:
                 chosen = (b, per_process // b, peak)
                 break
+        if chosen is not None and host_bytes is not None and host_need > host_bytes * USABLE:
+            why = f"needs {host_need / GIB:.0f} GiB of host RAM; {host_bytes * USABLE / GIB:.0f} GiB usable"
+            options.append(Option(lay, False, None, None, round(chosen[2] / GIB, 1), 0.0, why))
+            continue
         trainable = memory.trainable_of(shape, args)
         if chosen is None:
             need = (smallest or 0) / GIB
@@ -189,6 +202,7 @@ def make_plan(
                 round(peak / GIB, 1),
                 round(_comm_gib(shape, lay, trainable, accum), 2),
                 f"batch {b} x {lay.nproc} process(es) x accumulation {accum}: {peak / GIB:.1f} GiB per GPU",
+                doubtful=tuner == "lora" and (lay.deepspeed or "").startswith("zero3"),
             )
         )
     fitting = sorted((o for o in options if o.fits), key=Option.rank)
@@ -267,9 +281,10 @@ def plan_for(
     gpu_bytes: float | None,
     max_length: int,
     effective_batch: int,
+    host_bytes: float | None = None,
 ) -> tuple[Plan, list[int]]:
     """The plan for ``model`` on ``--gpu-count`` GPUs, or the ones ``--gpus`` names (auto: the
-    free ones here)."""
+    free ones here); a node's RAM is ``host_bytes`` (unknown for --gpu-count: another machine)."""
     from sftctl.resources.shapes import UnknownModel, find
 
     try:
@@ -297,7 +312,25 @@ def plan_for(
                 )
             ]
         )
-    return make_plan(shape, {}, tuner, len(ids), memory_bytes, max_length, effective_batch), ids
+    # A node's RAM: given, or this machine's when the GPUs are this machine's.
+    host = host_bytes if host_bytes is not None else (None if gpu_count is not None else _this_machines_ram())
+    try:
+        return make_plan(shape, {}, tuner, len(ids), memory_bytes, max_length, effective_batch, host), ids
+    except memory.TooLarge as exc:
+        flag = "--max-length" if exc.key == "max_length" else "--batch"
+        raise ConfigError(problems=[report("M003", flag, str(exc), "give a size a GPU can hold")]) from None
+
+
+def _this_machines_ram() -> float | None:
+    """MemTotal of /proc/meminfo in bytes, or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return float(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 # The presets a written plan extends: the seeds' shared settings for each method.
@@ -321,8 +354,12 @@ def plan_config(result: Plan, ids: list[int]) -> str:
         )
     pick = result.pick
     lay = pick.layout
+    model = result.model
+    if model.startswith(("./", "../", "~")) or Path(model).expanduser().is_dir():
+        # The written file may be used from anywhere: a local folder goes in as an absolute path.
+        model = str(Path(model).expanduser().resolve())
     args: dict[str, Any] = {
-        "model": result.model,
+        "model": model,
         "tuner_type": result.tuner,
         "max_length": result.max_length,
         "per_device_train_batch_size": pick.per_device_batch,

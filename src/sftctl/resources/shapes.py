@@ -7,6 +7,7 @@ sftctl (``data/model_shapes.json``, each entry naming its source). No torch.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -226,10 +227,13 @@ def _vision(cfg: Mapping[str, Any], out_default: int) -> Vision | None:
     hidden = _int(v, "embed_dim", "hidden_size")
     out = _int(v, "out_hidden_size", default=_int(v, "hidden_size") if "embed_dim" in v else out_default)
     gated = str(v.get("hidden_act", "")) == "silu"
+    ratio = v.get("mlp_ratio", 4)
+    if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0 < ratio <= 64:
+        raise ValueError(f"config.json field 'mlp_ratio' = {str(ratio)[:40]!r} is not a number 0-64")
     return Vision(
         depth=_int(v, "depth"),
         hidden=hidden,
-        intermediate=_int(v, "intermediate_size", default=int(hidden * float(v.get("mlp_ratio", 4)))),
+        intermediate=_int(v, "intermediate_size", default=min(int(hidden * ratio), _WIDTH_BOUND)),
         patch=_int(v, "patch_size", "spatial_patch_size", default=14),
         temporal_patch=_int(v, "temporal_patch_size", default=2),
         in_channels=_int(v, "in_channels", "in_chans", default=3),
@@ -252,7 +256,10 @@ def from_config(cfg: Mapping[str, Any], name: str, source: str) -> Shape:
     layers = _int(base, "num_hidden_layers")
     experts = _int(base, "num_experts", "num_local_experts", "n_routed_experts", default=0)
     step = _int(base, "decoder_sparse_step", default=1)
-    dense_only = base.get("mlp_only_layers") or []
+    listed = base.get("mlp_only_layers") or []
+    if not isinstance(listed, list) or len(listed) > _BOUND["num_hidden_layers"]:
+        raise ValueError("config.json field 'mlp_only_layers' is not a list of layer numbers")
+    dense_only = {i for i in listed if isinstance(i, int)}
     first_dense = _int(base, "first_k_dense_replace", default=0)
     moe_layers = 0
     if experts:
@@ -346,7 +353,7 @@ CONFIG_LIMIT = 16 * 2**20  # a config.json is a few KB
 def _read_config(folder: Path) -> dict[str, Any] | None:
     """A folder's config.json; None when there is none; UnknownModel when it is unusable."""
     path = folder / "config.json"
-    if not path.exists():
+    if not path.exists():  # OSError where the folder cannot be looked into
         return None
     try:
         data = load_json(path, CONFIG_LIMIT)
@@ -371,17 +378,31 @@ def find(model: str, env: Mapping[str, str] | None = None, cwd: Path | None = No
     local = Path(model).expanduser()
     if not local.is_absolute():
         local = (cwd or Path.cwd()) / local
-    candidates = [("local folder", local)] if (local / "config.json").exists() else []
-    candidates += [("cache", folder) for folder in _cached_folders(model, env)]
+    try:
+        here = (local / "config.json").exists()
+    except OSError as exc:  # an unreadable folder, a name too long for the filesystem
+        raise UnknownModel(f"cannot look into '{model}': {exc.strerror}") from None
+    candidates = [("local folder", local)] if here else []
+    with contextlib.suppress(OSError):  # a cache that cannot be read holds nothing for us
+        candidates += [("cache", folder) for folder in _cached_folders(model, env)]
     for kind, folder in candidates:
-        cfg = _read_config(folder)
+        try:
+            cfg = _read_config(folder)
+        except OSError as exc:
+            if kind == "cache":
+                continue  # the table may still know the model
+            raise UnknownModel(f"cannot read {folder}: {exc.strerror}") from None
         if cfg is None:
             continue
         try:
             shape = from_config(cfg, model, f"{kind} {folder}")
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UnknownModel(f"{folder / 'config.json'}: {str(exc).strip(chr(39))}") from None
-        exact = count_parameters(folder)
+        except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+            why = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            raise UnknownModel(f"{folder / 'config.json'}: {why}") from None
+        try:
+            exact = count_parameters(folder)
+        except OSError:
+            exact = None
         return Shape(**{**shape.__dict__, "exact": exact}) if exact else shape
     listed = _from_table(model)
     if listed is None and model.startswith(("./", "../", "/", "~")):

@@ -169,15 +169,17 @@ class _Tree:
         # outside the tree never joins it later (descent comes only from fork), so
         # each poll reads the stat of tracked and new pids only, not of every process.
         self.foreign: set[int] = set()
-        self.peak_rss = 0  # bytes: the largest sum of RssAnon over the tree
+        self.peak_rss = 0  # bytes: the largest sum of Pss_Anon over the tree
         self.peak_rss_process = 0  # bytes: the largest RssAnon of one process
 
     def sample_memory(self) -> None:
-        """Note the tree's anonymous memory now (RssAnon: the heap, not mapped files)."""
+        """Note the tree's anonymous memory now (the heap, not mapped files). The sum counts
+        each process's proportional share (Pss_Anon): pages a forked child still shares
+        with its parent count once, not once per process."""
         total = 0
         for pid in self.live():  # start times checked: never a reused pid's memory
             rss = _rss_anon(pid)
-            total += rss
+            total += _pss_anon(pid, rss)
             self.peak_rss_process = max(self.peak_rss_process, rss)
         self.peak_rss = max(self.peak_rss, total)
 
@@ -241,6 +243,19 @@ def _rss_anon(pid: int) -> int:
     except (OSError, ValueError, IndexError):
         return 0
     return 0
+
+
+def _pss_anon(pid: int, fallback: int) -> int:
+    """A process's proportional share of its anonymous memory in bytes (Pss_Anon of
+    smaps_rollup, Linux 5.x); ``fallback`` where the kernel does not give it."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Pss_Anon:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return fallback
+    return fallback
 
 
 def _wait_gone(tree: _Tree, timeout: float, poll_interval: float) -> bool:

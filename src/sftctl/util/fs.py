@@ -100,6 +100,22 @@ def load_json(path: Path, limit: int) -> Any:
     return json.loads(read_regular(path, limit).decode("utf-8"), parse_float=finite_float)
 
 
+def write_new(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole, or not at all, and only if nothing is there yet:
+    a file that appears meanwhile is kept (FileExistsError)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(text.encode("utf-8"))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.link(tmp, path)  # fails if path exists, whatever it is
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 def write_new_or_regular(path: Path, text: str) -> None:
     """:func:`write_atomic`, refusing to replace anything but a regular file (a device, a
     FIFO or a link stays as it is)."""
