@@ -202,27 +202,46 @@ def test_without_recover_an_oom_says_how_to_recover(work: tuple[Path, dict[str, 
     assert "--on-oom recover" in res.stderr
 
 
+HOG = (
+    "import os\n"
+    "open('/proc/self/oom_score_adj', 'w').write('1000')  # the kernel's first choice\n"
+    "held = []\n"
+    "while True:\n"
+    "    held.append(b'x' * (64 << 20))\n"
+)
+
+
 def test_a_rank_killed_by_hand_does_not_start_recovery(
     work: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
+    """Even when, at the same time, the kernel OOM-kills another process in the run's
+    memory cgroup: the kernel's log names that process, not the run's."""
     folder, env = work
     marker = tmp_path / "at-checkpoint"
     hooked = pause_hook(tmp_path / "hook", env, after_step=2, marker=marker)
-    proc = subprocess.Popen(
-        [*sftctl_exe(), "run", "run.yaml", "--set", "output_dir=killed", "--on-oom", "recover"],
-        cwd=folder, env=hooked, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 300
-        while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.2)
-        assert marker.exists(), "the run never reached its checkpoint"
-        (training,) = [p["pid"] for p in hooked_processes(tmp_path / "hook")]
-        os.kill(int(str(training)), signal.SIGKILL)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    with memory_cgroup(LIMIT) as cgroup:
+
+        def enter() -> None:
+            (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+
+        argv = [*sftctl_exe(), "run", "run.yaml", "--set", "output_dir=killed", "--on-oom", "recover"]
+        proc = subprocess.Popen(
+            argv, cwd=folder, env=hooked, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=enter,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 300
+            while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.2)
+            assert marker.exists(), "the run never reached its checkpoint"
+            hog = subprocess.run([sys.executable, "-c", HOG], preexec_fn=enter, timeout=120, check=False)
+            assert hog.returncode == -signal.SIGKILL and oom_kills(cgroup) == 1  # the hog, not the run
+            (training,) = [p["pid"] for p in hooked_processes(tmp_path / "hook")]
+            os.kill(int(str(training)), signal.SIGKILL)
+            _out, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
     assert proc.returncode != 0
     m = manifest(run_folder(folder / "killed"))
     assert len(m["attempts"]) == 1 and m["attempts"][0]["cause"] is None

@@ -108,22 +108,58 @@ def test_half_written_checkpoints_are_set_aside(tmp_path: Path) -> None:
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint-2", "checkpoint-4.incomplete-attempt1"]
 
 
+NO_KERNEL_LOG = Path("/nonexistent/kmsg")
+
+
+def _watch(offset: int = 0, kills: tuple[tuple[str, int], ...] = ()) -> oom.Watch:
+    return oom.Watch(oom.Counters(kills), since_us=0, log_offset=offset)
+
+
 @pytest.mark.parametrize(
     ("text", "cause"),
     [
         ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", "CUDA out of memory"),
+        ("[rank1]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate", "CUDA out of memory"),
         ("RuntimeError: [enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: "
          "can't allocate memory: you tried to allocate 4294967296 bytes", "CPU allocator out of memory"),
         ("ValueError: bad dataset", None),
         ("torch.distributed.elastic.multiprocessing.errors.ChildFailedError: Signal 9 (SIGKILL)", None),
+        # A data row or a prompt that holds the words, as ms-swift echoes the first row.
+        ("[INFO:swift] {'messages': [{'role': 'system', 'content': 'CUDA out of memory'}]}", None),
     ],
 )  # fmt: skip
 def test_out_of_memory_in_the_output(tmp_path: Path, text: str, cause: str | None) -> None:
     log = tmp_path / "sftctl.log"
     log.write_text("step 1\n" + text + "\n")
-    quiet = oom.Counters(())
-    assert oom.cause(log, quiet, quiet, signalled=False) == cause
-    assert oom.cause(log, quiet, quiet, signalled=True) is None  # the user's signal: never
+    assert oom.cause(log, _watch(), [], signalled=False, kmsg=NO_KERNEL_LOG) == cause
+    assert oom.cause(log, _watch(), [], signalled=True, kmsg=NO_KERNEL_LOG) is None  # the user's signal
+
+
+def test_an_earlier_attempts_error_does_not_count(tmp_path: Path) -> None:
+    log = tmp_path / "sftctl.log"
+    log.write_text("torch.OutOfMemoryError: CUDA out of memory.\n")
+    offset = log.stat().st_size
+    with log.open("a") as fh:
+        fh.write("ValueError: something else entirely\n")
+    assert oom.cause(log, _watch(offset), [], signalled=False, kmsg=NO_KERNEL_LOG) is None
+
+
+def test_the_kernel_log_says_whose_process_was_killed(tmp_path: Path) -> None:
+    kmsg = tmp_path / "kmsg"
+    kmsg.write_text(
+        "6,100,1000,-;pci 0000:00:05.0: BAR 0\n SUBSYSTEM=pci\n"
+        "3,101,5000000,-;Memory cgroup out of memory: Killed process 4242 (python) total-vm:2656528kB\n"
+        "3,102,9000000,-;Out of memory: Killed process 777 (hog) total-vm:1kB\n"
+    )
+    assert oom.killed_by_kernel(0, kmsg) == {4242, 777}
+    assert oom.killed_by_kernel(6_000_000, kmsg) == {777}  # only since the attempt began
+    assert oom.killed_by_kernel(0, NO_KERNEL_LOG) is None
+    log = tmp_path / "log"
+    log.write_text("exit code -9\n")
+    # The log names the run's process: out of memory, cgroup or not.
+    assert oom.cause(log, _watch(), [4242, 4243], signalled=False, kmsg=kmsg) == "kernel OOM kill"
+    # Another process of the machine was killed; the run's rank died some other way.
+    assert oom.cause(log, _watch(), [5000], signalled=False, kmsg=kmsg) is None
 
 
 def _cgroup_tree(root: Path, inner: int, outer: int) -> str:
@@ -142,9 +178,6 @@ def test_oom_kills_are_counted_in_the_cgroup_and_above(tmp_path: Path) -> None:
     _cgroup_tree(tmp_path, 0, 1)  # a limit on the job: the kill is counted there
     after = oom.Counters.of(text, tmp_path)
     assert after.killed_since(before) and not before.killed_since(before)
-    log = tmp_path / "log"
-    log.write_text("exit code -9\n")
-    assert oom.cause(log, before, after, signalled=False) == "kernel OOM kill (memory cgroup limit)"
 
 
 def test_cgroup_v2_memory_events(tmp_path: Path) -> None:

@@ -453,7 +453,7 @@ def _attempts(
     optimizer = "restored" if resumed_from else None
     peaks: list[supervise.Outcome] = []
     while True:
-        before = oom.Counters.now()
+        watch = oom.Watch.start(record.log)
         row: dict[str, Any] = {"attempt": len(rows) + 1, "started_at": now_iso(), "change": change}
         row["delta"] = delta
         row.update(resumed_from=resumed_from, optimizer=optimizer)
@@ -464,7 +464,7 @@ def _attempts(
         cause = (
             None
             if outcome.returncode == 0
-            else oom.cause(record.log, before, oom.Counters.now(), signalled=outcome.signal is not None)
+            else oom.cause(record.log, watch, outcome.descendants, signalled=outcome.signal is not None)
         )
         row.update(
             ended_at=now_iso(),
@@ -685,10 +685,17 @@ def _summary(record: RunRecord, outcome: supervise.Outcome, stats: Any, wall: fl
         if outcome.returncode != 0:
             folder = record.run_dir or record.staging
             lines.append(f"  resume: sftctl resume {folder}")
-    if stats.first_loss is not None:
-        lines.append(
-            f"  loss: {stats.first_loss:.4f} (first) -> {stats.loss:.4f} (last), {stats.steps_text()}"
+    first_loss = record.data.get("first_loss", stats.first_loss)  # the first attempt's
+    if first_loss is not None and stats.loss is not None:
+        first_step = record.data.get("first_step", stats.first_step)
+        steps = (
+            stats.steps_text()
+            if first_step == stats.first_step or first_step is None or stats.step is None
+            else f"{stats.step} steps"
+            if first_step == 1
+            else f"steps {first_step}-{stats.step} ({stats.step - first_step + 1} steps)"
         )
+        lines.append(f"  loss: {first_loss:.4f} (first) -> {stats.loss:.4f} (last), {steps}")
     if stats.steps_per_second:
         lines.append(f"  speed: {stats.steps_per_second:.3g} steps/s")
     used = (

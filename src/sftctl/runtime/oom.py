@@ -13,28 +13,45 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-# What torch, the CUDA caching allocator and the CPU allocator print.
-PATTERNS = (
-    (re.compile(r"CUDA out of memory|torch\.(?:cuda\.)?OutOfMemoryError"), "CUDA out of memory"),
-    (re.compile(r"NPU out of memory|XPU out of memory|MPS backend out of memory"), "device out of memory"),
-    (
-        re.compile(r"DefaultCPUAllocator: (?:can't allocate memory|not enough memory)"),
-        "CPU allocator out of memory",
-    ),
+# The last line of the traceback torch prints (each rank's prefixed with "[rankN]:" under
+# torchrun): the exception's name starts the line, so a data row or a prompt that merely
+# contains the words never matches.
+_START = r"^(?:\[rank\d+\]:\s*)?(?:\[[^\]]*\]\s*)?"
+PATTERNS = tuple(
+    (re.compile(_START + body, re.M), what)
+    for body, what in (
+        (
+            r"(?:torch\.(?:cuda\.)?OutOfMemoryError|RuntimeError): (?:CUDA )?out of memory",
+            "CUDA out of memory",
+        ),
+        (
+            r"(?:torch\.\w+\.)?\w*(?:Error|Exception): (?:NPU|XPU|MPS backend) out of memory",
+            "device out of memory",
+        ),
+        (
+            r"RuntimeError: .*DefaultCPUAllocator: (?:can't allocate memory|not enough memory)",
+            "CPU allocator out of memory",
+        ),
+    )
 )
 TAIL_BYTES = 1 << 20  # the end of the log is where a crash is; logs can be gigabytes
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+KMSG = Path("/dev/kmsg")
+KMSG_RECORDS = 1 << 18  # the kernel's ring buffer holds far fewer
+_KILLED = re.compile(r"Killed process (\d+)")
 
 
-def in_output(log: Path) -> str | None:
-    """The out-of-memory error the end of ``log`` shows, or None."""
+def in_output(log: Path, start: int = 0) -> str | None:
+    """The out-of-memory error that the output written to ``log`` from byte ``start`` on
+    ends with (its last megabyte), or None."""
     try:
         with open(log, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
-            fh.seek(max(0, size - TAIL_BYTES))
+            fh.seek(max(start, size - TAIL_BYTES))
             text = fh.read().decode("utf-8", "replace")
     except OSError:
         return None
@@ -42,6 +59,45 @@ def in_output(log: Path) -> str | None:
         if pattern.search(text):
             return what
     return None
+
+
+def monotonic_us() -> int:
+    """Now on the kernel log's clock (microseconds since boot)."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+
+
+def killed_by_kernel(since_us: int, kmsg: Path = KMSG) -> set[int] | None:
+    """The pids the kernel's OOM killer ended since ``since_us`` (its log's clock), or None
+    where its log cannot be read (not root, or a container without it)."""
+    try:
+        fd = os.open(kmsg, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    killed: set[int] = set()
+    try:
+        for _ in range(KMSG_RECORDS):
+            try:
+                record = os.read(fd, 8192)
+            except BlockingIOError:
+                break  # read to the end
+            except BrokenPipeError:
+                continue  # records overwritten while reading: go on with the next
+            if not record:
+                break
+            # One record per read from /dev/kmsg; continuation lines start with a space.
+            for line in record.decode("utf-8", "replace").splitlines():
+                head, _, message = line.partition(";")
+                fields = head.split(",")
+                if len(fields) < 3 or not fields[2].isdigit() or int(fields[2]) < since_us:
+                    continue
+                match = _KILLED.search(message)
+                if match:
+                    killed.add(int(match.group(1)))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return killed
 
 
 def _memory_cgroups(proc_cgroup: str, root: Path) -> list[Path]:
@@ -109,11 +165,39 @@ class Counters:
         return any(count > earlier.get(name, count) for name, count in self.kills)
 
 
-def cause(log: Path, before: Counters, after: Counters, signalled: bool) -> str | None:
-    """Why the run's training failed, if it was out of memory; None otherwise. A run that
-    sftctl's supervisor was asked to stop (a signal from the user) never counts."""
+@dataclass(frozen=True)
+class Watch:
+    """What is known at the start of an attempt: the cgroup counts, the kernel log's clock
+    and how much of the log came before."""
+
+    counters: Counters
+    since_us: int
+    log_offset: int
+
+    @classmethod
+    def start(cls, log: Path) -> Watch:
+        try:
+            offset = log.stat().st_size
+        except OSError:
+            offset = 0
+        # A little before: the kernel's clock and ours are read a moment apart.
+        return cls(Counters.now(), monotonic_us() - 2_000_000, offset)
+
+
+def cause(log: Path, watch: Watch, pids: list[int], signalled: bool, kmsg: Path = KMSG) -> str | None:
+    """Why the attempt's training failed, if it was out of memory; None otherwise.
+
+    A kernel OOM kill counts when the kernel's log names a process of the run (``pids``)
+    as killed; where that log cannot be read, when the OOM-kill count of the run's memory
+    cgroups moved. An attempt sftctl was asked to stop (a signal from the user) never
+    counts; nor does an error printed by an earlier attempt."""
     if signalled:
         return None
-    if after.killed_since(before):
+    killed = killed_by_kernel(watch.since_us, kmsg)
+    in_cgroup = Counters.now().killed_since(watch.counters)
+    if killed is not None:
+        if killed & set(pids):
+            return "kernel OOM kill (memory cgroup limit)" if in_cgroup else "kernel OOM kill"
+    elif in_cgroup:
         return "kernel OOM kill (memory cgroup limit)"
-    return in_output(log)
+    return in_output(log, watch.log_offset)

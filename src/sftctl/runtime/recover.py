@@ -53,7 +53,12 @@ def _set_aside_incomplete(run_dir: Path, resume_from: Path | None, attempt: int)
     floor = int(resume_from.name.split("-", 1)[1]) if resume_from else -1
     for folder in checkpoint_dirs(run_dir):
         if folder not in complete and int(folder.name.split("-", 1)[1]) > floor:
-            os.replace(folder, folder.with_name(f"{folder.name}.incomplete-attempt{attempt}"))
+            aside = folder.with_name(f"{folder.name}.incomplete-attempt{attempt}")
+            n = 1
+            while aside.exists() or aside.is_symlink():  # an earlier resume of this run left one
+                n += 1
+                aside = folder.with_name(f"{folder.name}.incomplete-attempt{attempt}-{n}")
+            os.rename(folder, aside)
 
 
 def next_attempt(
@@ -95,7 +100,13 @@ def next_attempt(
     else:
         new_args.pop("resume_from_checkpoint", None)
     if run_dir is not None:
-        _set_aside_incomplete(run_dir, point, attempt)
+        try:
+            _set_aside_incomplete(run_dir, point, attempt)
+        except OSError as exc:
+            return GiveUp(
+                f"a half-written checkpoint in {run_dir} cannot be set aside ({exc.strerror})",
+                f"move it out of the way, then sftctl resume {run_dir}",
+            )
         new_args["output_dir"] = str(run_dir)
         new_args["add_version"] = False
     document = resolved.document()
