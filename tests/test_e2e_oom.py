@@ -184,7 +184,7 @@ def test_real_oom_recovers_from_the_checkpoint_with_the_same_effective_batch(
     assert "attempt 2: per-device batch 4 -> 2, accumulation 1 -> 2" in res.stderr
     # show lists the attempts; render gives the last attempt's command.
     shown = sftctl(folder, env, "show", str(run_dir))
-    assert "attempt 1: as configured -> kernel OOM kill (memory cgroup limit) at step 2" in shown.stdout
+    assert "attempt 1: as configured -> kernel OOM kill (memory cgroup limit) after step 2" in shown.stdout
     assert "from checkpoint-2 -> succeeded" in shown.stdout
     rendered = sftctl(folder, env, "render", str(run_dir), "--format", "json")
     argv = json.loads(rendered.stdout)["argv"]
@@ -192,14 +192,30 @@ def test_real_oom_recovers_from_the_checkpoint_with_the_same_effective_batch(
     assert argv[argv.index("--resume_from_checkpoint") + 1] == str(run_dir / "checkpoint-2")
 
 
-def test_without_recover_an_oom_says_how_to_recover(work: tuple[Path, dict[str, str]]) -> None:
+def test_a_run_that_died_of_oom_resumes_at_the_next_rung(
+    work: tuple[Path, dict[str, str]], uninterrupted: Path
+) -> None:
+    """Without --on-oom the run ends and says how to go on; `sftctl resume RUN --on-oom
+    recover` then continues from its checkpoint at the next rung, in the same folder."""
     folder, env = work
     with memory_cgroup(LIMIT) as cgroup:
         res = sftctl(folder, env, "run", "run.yaml", "--set", "output_dir=plain", cgroup=cgroup)
-    assert res.returncode != 0
-    m = manifest(run_folder(folder / "plain"))
-    assert m["status"] == "out of memory" and len(m["attempts"]) == 1
-    assert "--on-oom recover" in res.stderr
+        assert res.returncode != 0
+        run_dir = run_folder(folder / "plain")
+        m = manifest(run_dir)
+        assert m["status"] == "out of memory" and len(m["attempts"]) == 1
+        assert f"fix: sftctl resume {run_dir} --on-oom recover" in res.stderr
+        assert "| " not in res.stderr  # a kernel kill: no misleading tail of unrelated output
+        res = sftctl(folder, env, "resume", str(run_dir), "--on-oom", "recover", cgroup=cgroup)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "resuming at the next rung: per-device batch 4 -> 2, accumulation 1 -> 2" in res.stderr
+    assert run_folder(folder / "plain") == run_dir  # no new run folder
+    (second,) = [p for p in run_dir.glob("sftctl-manifest-*.json")]
+    m = json.loads(second.read_text())
+    assert m["status"] == "succeeded" and m["config"]["args"]["per_device_train_batch_size"] == 2
+    assert m["config"]["args"]["resume_from_checkpoint"] == str(run_dir / "checkpoint-2")
+    got, want = losses(run_dir), losses(uninterrupted)
+    assert got[3] == pytest.approx(want[3], rel=LOSS_REL)
 
 
 HOG = (

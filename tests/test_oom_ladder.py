@@ -40,7 +40,9 @@ def test_one_process_full_goes_to_offload_and_shorter_only_when_allowed() -> Non
     assert [r[1] for r in climb(args, 1, allow_shorter=True, use_cpu=True)] == [
         {"deepspeed": "zero2_offload", "fp16": False},
         {"deepspeed": "zero3_offload", "fp16": False},
-        {"max_length": 2048},
+        # Rows longer than the new max_length are cut, not dropped (ms-swift's default):
+        # the run keeps its rows and steps.
+        {"max_length": 2048, "truncation_strategy": "right"},
         {"max_length": 1024},
         {"max_length": 512},
         {"max_length": 256},
@@ -62,6 +64,7 @@ def test_lora_ends_with_the_emergency_config() -> None:
     assert [r[1] for r in climb(args, 1, allow_shorter=True)][-1] == {
         "attn_impl": "sdpa",
         "max_length": 2048,
+        "truncation_strategy": "right",
         "packing": False,
     }
     assert climb({"tuner_type": "lora"}, 1) == []  # nothing left: the run gives up
@@ -96,6 +99,24 @@ def test_a_new_optimizer_layout_needs_consent(tmp_path: Path) -> None:
     assert args["resume_only_model"] is True and args["resume_from_checkpoint"] == str(ckpt)
     assert args["output_dir"] == str(run_dir) and args["add_version"] is False
     assert allowed.resolved.loaded.origin["args.deepspeed"] == recover.LADDER
+
+
+def test_an_attempt_that_resumed_and_saved_nothing_passes_its_checkpoint_on(tmp_path: Path) -> None:
+    """sftctl resume (or run --resume) writes into a new run folder: when its first attempt
+    runs out of memory before its first checkpoint, the next resumes the same checkpoint."""
+    earlier = _checkpoint(tmp_path / "v0-20260101-000000", 4)
+    new_folder = tmp_path / "v1-20260101-000100"
+    new_folder.mkdir()
+    resolved = _resolved(tmp_path, "per_device_train_batch_size=2", f"resume_from_checkpoint={earlier}")
+    nxt = recover.next_attempt(resolved, new_folder, 1, {})
+    assert isinstance(nxt, recover.Next) and nxt.resumed_from == str(earlier) and nxt.optimizer == "restored"
+
+
+def test_deepspeed_on_one_process_starts_through_torchrun(tmp_path: Path) -> None:
+    resolved = resolve("cpu-smoke", Overrides(sets=("per_device_train_batch_size=1",)), env={})
+    nxt = recover.next_attempt(resolved, None, 1, {})
+    assert isinstance(nxt, recover.Next) and nxt.resolved.args["deepspeed"] == "zero2_offload"
+    assert nxt.resolved.config.launch.launcher == "torchrun"  # DeepSpeed needs a distributed env
 
 
 def test_half_written_checkpoints_are_set_aside(tmp_path: Path) -> None:

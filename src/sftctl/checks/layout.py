@@ -22,6 +22,17 @@ def _use_cpu_state(args: Mapping[str, Any]) -> str:
 def check(launch: Launch, layout: Layout, launch_args: Mapping[str, Any]) -> list[Problem]:
     """Every layout rule that ``layout`` (planned from ``launch``) breaks, each with its fix."""
     problems: list[Problem] = []
+    allowed = [k for k in ("allow_shorter", "allow_optimizer_reset") if getattr(launch, k)]
+    if allowed and launch.on_oom != "recover":
+        problems.append(
+            report(
+                "L009",
+                f"launch.{allowed[0]}",
+                f"{' and '.join(allowed)} {'only shape' if len(allowed) > 1 else 'only shapes'} "
+                "out-of-memory recovery, which is off (on_oom: stop)",
+                "add --on-oom recover (launch.on_oom: recover), or drop it",
+            )
+        )
     if launch.nnodes > 1:
         problems.append(
             report(

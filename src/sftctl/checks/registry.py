@@ -94,6 +94,7 @@ RULES: dict[str, Rule] = {
             ("L006", "DeepSpeed or FSDP with several GPUs per process (device_map)"),
             ("L007", "several processes, no GPU, and use_cpu unset"),
             ("L008", "launch.gpus auto in a rendered script (GPUs are picked when run starts)"),
+            ("L009", "an out-of-memory recovery permission without on_oom: recover", "warning"),
             ("M001", "a model whose shape (config.json) sftctl cannot find"),
             ("M002", "no layout fits the GPUs (sftctl plan)"),
             ("M003", "a run setting beyond any machine (the estimate cannot size it)"),
@@ -124,6 +125,7 @@ RULES: dict[str, Rule] = {
             ("R001", "a rendered file that differs from the rendering"),
             ("R002", "no sftctl run record where one was expected"),
             ("R003", "a process a run record names that is not that run's"),
+            ("R004", "a run that ran out of memory has no rung of the ladder left to resume with"),
         ),
     ]
 }

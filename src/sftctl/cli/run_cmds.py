@@ -11,6 +11,23 @@ from sftctl.cli.options import GraceOpt, JsonOpt, QuietOpt, TargetSpec, seconds_
 
 WaitOpt = Annotated[bool, typer.Option("--wait", help="Wait for GPUs other runs hold instead of refusing.")]
 RunDirArg = Annotated[Path, typer.Argument(help="A run folder (or its .sftctl staging folder).")]
+OnOomOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--on-oom",
+        help="stop (default) or recover: after out-of-memory, resume the last checkpoint "
+        "with a smaller batch (same effective batch), then the rest of the ladder.",
+    ),
+]
+AllowShorterOpt = Annotated[bool, typer.Option("--allow-shorter", help="Recovery may shorten max_length.")]
+AllowResetOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-optimizer-reset",
+        help="Recovery may resume the weights with a fresh optimizer where a rung changes "
+        "the optimizer state's layout (DDP to ZeRO).",
+    ),
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -39,25 +56,9 @@ def run(
     force: Annotated[
         bool, typer.Option("--force", help="Launch even when the memory estimate says it will not fit.")
     ] = False,
-    on_oom: Annotated[
-        str | None,
-        typer.Option(
-            "--on-oom",
-            help="stop (default) or recover: after out-of-memory, resume the last checkpoint "
-            "with a smaller batch (same effective batch), then the rest of the ladder.",
-        ),
-    ] = None,
-    allow_shorter: Annotated[
-        bool, typer.Option("--allow-shorter", help="Recovery may shorten max_length.")
-    ] = False,
-    allow_optimizer_reset: Annotated[
-        bool,
-        typer.Option(
-            "--allow-optimizer-reset",
-            help="Recovery may resume the weights with a fresh optimizer where a rung changes "
-            "the optimizer state's layout (DDP to ZeRO).",
-        ),
-    ] = False,
+    on_oom: OnOomOpt = None,
+    allow_shorter: AllowShorterOpt = False,
+    allow_optimizer_reset: AllowResetOpt = False,
     lock_fd: Annotated[int | None, typer.Option("--lock-fd", hidden=True)] = None,
     leases: Annotated[str | None, typer.Option("--leases", hidden=True)] = None,
 ) -> None:
@@ -85,11 +86,9 @@ def run(
     raise typer.Exit(code)
 
 
-def _with_recovery(spec: TargetSpec, on_oom: str | None, shorter: bool, reset: bool) -> TargetSpec:
+def _recovery_sets(on_oom: str | None, shorter: bool, reset: bool) -> tuple[str, ...]:
     """The recovery flags as the config keys they override (launch.on_oom, ...), so the
     manifest records them and a detached run inherits them."""
-    import dataclasses
-
     from sftctl.errors import UsageError
 
     if on_oom is not None and on_oom not in ("stop", "recover"):
@@ -97,17 +96,32 @@ def _with_recovery(spec: TargetSpec, on_oom: str | None, shorter: bool, reset: b
     sets = [f"launch.on_oom={on_oom}"] if on_oom else []
     sets += ["launch.allow_shorter=true"] if shorter else []
     sets += ["launch.allow_optimizer_reset=true"] if reset else []
+    return tuple(sets)
+
+
+def _with_recovery(spec: TargetSpec, on_oom: str | None, shorter: bool, reset: bool) -> TargetSpec:
+    import dataclasses
+
+    sets = _recovery_sets(on_oom, shorter, reset)
     return dataclasses.replace(spec, sets=(*spec.sets, *sets)) if sets else spec
 
 
 def resume_cmd(
-    run_dir: RunDirArg, grace: GraceOpt = 30.0, quiet: QuietOpt = False, wait: WaitOpt = False
+    run_dir: RunDirArg,
+    grace: GraceOpt = 30.0,
+    quiet: QuietOpt = False,
+    wait: WaitOpt = False,
+    on_oom: OnOomOpt = None,
+    allow_shorter: AllowShorterOpt = False,
+    allow_optimizer_reset: AllowResetOpt = False,
 ) -> None:
-    """Continue a recorded run from its last complete checkpoint."""
+    """Continue a recorded run from its last complete checkpoint (after out-of-memory, with
+    --on-oom recover: at the ladder's next rung)."""
     from sftctl.runtime import launch
 
     with boundary():
-        code = launch.resume(run_dir, launch.RunOptions(grace=grace, quiet=quiet, wait=wait))
+        sets = _recovery_sets(on_oom, allow_shorter, allow_optimizer_reset)
+        code = launch.resume(run_dir, launch.RunOptions(grace=grace, quiet=quiet, wait=wait), sets)
     raise typer.Exit(code)
 
 

@@ -113,12 +113,21 @@ def next_rung(
     if length and length <= SHORTEST:
         return None
     shorter = max(SHORTEST, length // 2) if length else EMERGENCY_LENGTH
+    delta: dict[str, Any] = {"max_length": shorter, **_truncate(args)}
     return Rung(
         "shorter max_length",
-        {"max_length": shorter},
-        f"max_length {length or 'the model default'} -> {shorter} (--allow-shorter): "
-        "longer rows are dropped or truncated",
+        delta,
+        f"max_length {length or 'the model default'} -> {shorter} (--allow-shorter): longer rows are "
+        "cut at the end" + ("" if "truncation_strategy" not in delta else " (truncation_strategy right)"),
     )
+
+
+def _truncate(args: Mapping[str, Any]) -> dict[str, Any]:
+    """ms-swift's default truncation drops rows longer than max_length: the run would then
+    train fewer rows and steps than it was set up with, so a shorter rung cuts them instead."""
+    if str(args.get("truncation_strategy") or "delete") == "delete":
+        return {"truncation_strategy": "right"}
+    return {}
 
 
 def _emergency(args: Mapping[str, Any], allow_shorter: bool) -> Rung | None:
@@ -131,6 +140,7 @@ def _emergency(args: Mapping[str, Any], allow_shorter: bool) -> Rung | None:
         length = _count(args.get("max_length"), 0)
         if length == 0 or length > EMERGENCY_LENGTH:
             delta["max_length"] = EMERGENCY_LENGTH
+            delta.update(_truncate(args))
         if truthy(args.get("packing")):
             delta["packing"] = False
     if not delta:
@@ -138,6 +148,7 @@ def _emergency(args: Mapping[str, Any], allow_shorter: bool) -> Rung | None:
     said = {
         "attn_impl": "sdpa attention",
         "max_length": f"max_length {EMERGENCY_LENGTH}",
+        "truncation_strategy": "longer rows cut at the end",
         "packing": "no packing",
     }
     return Rung(

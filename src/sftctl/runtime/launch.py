@@ -19,7 +19,7 @@ from sftctl import launchers
 from sftctl.assets import builtin_paths
 from sftctl.checks import host as hostcheck
 from sftctl.checks.registry import report
-from sftctl.config.presets import Loaded
+from sftctl.config.presets import Loaded, set_path
 from sftctl.config.resolve import Overrides, Resolved, resolve, resolve_loaded
 from sftctl.config.yamlio import dump
 from sftctl.errors import ConfigError, LaunchError, Problem, RefusedError, errors_of
@@ -239,6 +239,20 @@ def run(
         return _checked_run(target, overrides, opts, cwd, loaded, env, picker)
     finally:
         picker.leases.release()
+
+
+def _next_rung_for_resume(loaded: Loaded, folder: Path, data: dict[str, Any]) -> Loaded:
+    """The recorded run's config one rung up the out-of-memory ladder."""
+    from sftctl.config.resolve import resolve_loaded as again
+    from sftctl.runtime import recover
+
+    env = dict(os.environ)
+    resolved = again(loaded, Overrides(swift_version=str(data.get("swift_version"))), env=env)
+    nxt = recover.next_attempt(resolved, folder, len(data.get("attempts") or []) or 1, env)
+    if isinstance(nxt, recover.GiveUp):
+        raise RefusedError(problems=[report("R004", str(folder), nxt.why, nxt.fix)])
+    _say(f"sftctl: the run ran out of memory; resuming at the next rung: {nxt.rung.why}")
+    return nxt.resolved.loaded
 
 
 def _picker(env: Mapping[str, str], opts: RunOptions, take: bool) -> leases.Picker:
@@ -483,7 +497,7 @@ def _attempts(
             if mode != "quiet":
                 _summary(record, outcome, ended.stats, time.monotonic() - wall, ended.tail)
                 if cause is not None:
-                    _say(_oom_advice(cause, rows, nxt, resolved))
+                    _say(_oom_advice(cause, nxt, resolved, record.run_dir or record.staging))
             if not recorded:
                 _say(f"sftctl: could not record the end of the run ({record.write_error})")
             return outcome.returncode
@@ -554,20 +568,19 @@ def _finish(
     )
 
 
-def _oom_advice(cause: str, rows: list[dict[str, Any]], nxt: object, resolved: Resolved) -> str:
+def _oom_advice(cause: str, nxt: object, resolved: Resolved, folder: Path) -> str:
     """What the user reads after a run ended out of memory."""
     from sftctl.runtime import recover
 
     lines = [f"sftctl: the run ran out of memory ({cause})"]
-    if len(rows) > 1:
-        lines += ["  attempts:", *recover.history(rows)]
     if isinstance(nxt, recover.GiveUp):
         lines.append(f"  gave up: {nxt.why}")
         lines.append(f"  fix: {nxt.fix}")
     elif resolved.config.launch.on_oom != "recover":
         lines.append(
-            "  fix: sftctl run ... --on-oom recover restarts it from its last checkpoint with a "
-            "smaller per-device batch (same effective batch) and the rest of the ladder"
+            f"  fix: sftctl resume {folder} --on-oom recover continues it from its last checkpoint "
+            "with a smaller per-device batch (same effective batch), then the rest of the ladder; "
+            "sftctl run ... --on-oom recover does so from the start"
         )
     suggestion = _plan_suggestion(resolved)
     if suggestion:
@@ -669,6 +682,11 @@ def _summary(record: RunRecord, outcome: supervise.Outcome, stats: Any, wall: fl
         lines.append(
             f"sftctl: stopped by signal {outcome.signal}; the whole process tree was ended"
             + (" (SIGKILL after the grace period)" if outcome.killed else "")
+        )
+    elif str((record.data.get("attempts") or [{}])[-1].get("cause") or "").startswith("kernel OOM kill"):
+        lines.append(
+            f"sftctl: training ended with exit code {outcome.returncode}: the kernel's OOM killer ended "
+            "a process of the run (its output says nothing of it)"
         )
     else:
         lines.append(
@@ -880,8 +898,10 @@ def stop(path: Path, grace: float = 30.0) -> int:
     return 0
 
 
-def resume(run_dir: Path, opts: RunOptions) -> int:
-    """Continue a recorded run from its last complete checkpoint."""
+def resume(run_dir: Path, opts: RunOptions, sets: tuple[str, ...] = ()) -> int:
+    """Continue a recorded run from its last complete checkpoint. ``sets`` are the recovery
+    flags (launch.on_oom=recover, ...); a run that ended out of memory then starts at the
+    ladder's next rung instead of running out again at the same place."""
     _, data = read_manifest(run_dir)
     supervised = data.get("status") in ("starting", "running") and _alive(
         data.get("supervisor_pid"), data.get("supervisor_start")
@@ -923,6 +943,11 @@ def resume(run_dir: Path, opts: RunOptions) -> int:
     loaded.data["args"].pop("resume_only_model", None)
     loaded.data["args"]["resume_from_checkpoint"] = str(done[-1])
     loaded.origin["args.resume_from_checkpoint"] = "manifest"
+    for item in sets:
+        key, _, value = item.partition("=")
+        set_path(loaded, key, True if value == "true" else value, "--" + key.split(".")[-1].replace("_", "-"))
+    if data.get("status") == "out of memory" and loaded.data.get("launch", {}).get("on_oom") == "recover":
+        loaded = _next_rung_for_resume(loaded, folder, data)
     return run(
         data.get("target", str(run_dir)),
         Overrides(swift_version=str(data.get("swift_version"))),

@@ -78,6 +78,11 @@ def next_attempt(
         )
     done = complete_checkpoints(run_dir) if run_dir else []
     point = done[-1] if done else None
+    if point is None and args.get("resume_from_checkpoint"):
+        # This attempt resumed a checkpoint (sftctl resume, run --resume) and wrote none of
+        # its own: the next one starts from the same place.
+        earlier = Path(str(args["resume_from_checkpoint"]))
+        point = earlier if earlier in complete_checkpoints(earlier.parent) else None
     optimizer: str | None = "restored" if point else None
     new_args: dict[str, Any] = {k: v for k, v in args.items() if k not in ("resume_only_model",)}
     if point is not None and rung.relayout:
@@ -85,8 +90,8 @@ def next_attempt(
             return GiveUp(
                 f"the next rung ({rung.why}) lays the optimizer state out differently, and sftctl "
                 f"cannot convert {point.name}'s state to it",
-                "rerun with --allow-optimizer-reset to resume the weights with a fresh optimizer "
-                "(its moments and learning-rate schedule start again)",
+                f"sftctl resume {run_dir} --on-oom recover --allow-optimizer-reset resumes the weights "
+                "with a fresh optimizer (its moments and learning-rate schedule start again)",
             )
         new_args["resume_only_model"] = True
         optimizer = "reset"
@@ -111,6 +116,11 @@ def next_attempt(
         new_args["add_version"] = False
     document = resolved.document()
     document["args"] = new_args
+    launch = document.setdefault("launch", {})
+    if new_args.get("deepspeed") and world_of(resolved) == 1 and launch.get("launcher", "swift") == "swift":
+        # One process started by the swift launcher has no torch.distributed environment,
+        # and DeepSpeed then looks for MPI: torchrun gives it one.
+        launch["launcher"] = "torchrun"
     origin = dict(resolved.loaded.origin)
     for key in (*rung.delta, "resume_from_checkpoint", "resume_only_model", "output_dir", "add_version"):
         origin[f"args.{key}"] = LADDER
@@ -148,6 +158,6 @@ def history(rows: list[dict[str, Any]]) -> list[str]:
         optimizer = f" (optimizer {row['optimizer']})" if row.get("optimizer") == "reset" else ""
         out.append(
             f"  attempt {row.get('attempt')}: {what}{start}{optimizer} -> {end}"
-            + (f" at step {steps}" if steps is not None and row.get("exit_code") else "")
+            + (f" after step {steps}" if steps is not None and row.get("exit_code") else "")
         )
     return out
