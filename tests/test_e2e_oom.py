@@ -310,3 +310,27 @@ def test_ddp_to_zero2_resumes_the_weights_with_a_fresh_optimizer(work: tuple[Pat
     assert "with a fresh optimizer (--allow-optimizer-reset)" in res.stderr
     # ms-swift loaded the weights of checkpoint-2 for the ZeRO-2 attempt.
     assert f"Loading model from '{run_dir / 'checkpoint-2'}'" in (run_dir / "sftctl.log").read_text()
+
+
+def test_a_run_folder_in_use_is_not_a_second_runs_output_dir(work: tuple[Path, dict[str, str]]) -> None:
+    """While a versioned run trains in v0-..., a run pointed at that folder with add_version
+    false (as recovery attempts write in place) is refused, not run over it."""
+    folder, env = work
+    marker = folder / "paused"
+    hooked = pause_hook(folder / "hook-lock", env, after_step=2, marker=marker)
+    proc = subprocess.Popen(
+        [*sftctl_exe(), "run", "run.yaml", "--set", "output_dir=held"],
+        cwd=folder, env=hooked, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert marker.exists()
+        run_dir = run_folder(folder / "held")
+        second = sftctl(folder, env, "run", "cpu-smoke", "--set", f"output_dir={run_dir}",
+                        "--set", "add_version=false", "--resume")  # fmt: skip
+        assert second.returncode == 1 and "is in use" in second.stderr, second.stderr
+    finally:
+        proc.terminate()
+        proc.wait(timeout=120)

@@ -126,7 +126,12 @@ def test_half_written_checkpoints_are_set_aside(tmp_path: Path) -> None:
     nxt = recover.next_attempt(_resolved(tmp_path, "per_device_train_batch_size=2"), run_dir, 1, {})
     assert isinstance(nxt, recover.Next) and nxt.optimizer == "restored"
     assert nxt.resumed_from == str(run_dir / "checkpoint-2")
-    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint-2", "checkpoint-4.incomplete-attempt1"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint-2", "incomplete-attempt1-checkpoint-4"]
+    _checkpoint(run_dir, 4, complete=False)  # the same step half-written again, by a later resume
+    recover.next_attempt(_resolved(tmp_path, "per_device_train_batch_size=2"), run_dir, 1, {})
+    assert "incomplete-attempt1.2-checkpoint-4" in {p.name for p in run_dir.iterdir()}
+    (run_dir / "checkpoint-\u00b2").mkdir()  # a digit to str.isdigit, not to int()
+    assert isinstance(recover.next_attempt(_resolved(tmp_path), run_dir, 1, {}), recover.GiveUp)
 
 
 NO_KERNEL_LOG = Path("/nonexistent/kmsg")
@@ -151,14 +156,25 @@ def _watch(offset: int = 0, kills: tuple[tuple[str, int], ...] = ()) -> oom.Watc
 )  # fmt: skip
 def test_out_of_memory_in_the_output(tmp_path: Path, text: str, cause: str | None) -> None:
     log = tmp_path / "sftctl.log"
-    log.write_text("step 1\n" + text + "\n")
+    rank = text[: text.index(" ") + 1] if text.startswith("[rank") else ""
+    frames = f'{rank}Traceback (most recent call last):\n{rank}  File "x.py", line 1\n{rank}    step()\n'
+    log.write_text("step 1\n" + frames + text + "\n")
     assert oom.cause(log, _watch(), [], signalled=False, kmsg=NO_KERNEL_LOG) == cause
     assert oom.cause(log, _watch(), [], signalled=True, kmsg=NO_KERNEL_LOG) is None  # the user's signal
 
 
+def test_the_words_outside_a_traceback_do_not_count(tmp_path: Path) -> None:
+    """A data row that ends with a line shaped like the exception (ms-swift prints rows)."""
+    log = tmp_path / "sftctl.log"
+    log.write_text("[INFO:swift] row: it said\ntorch.OutOfMemoryError: CUDA out of memory. Tried\nmore\n")
+    assert oom.cause(log, _watch(), [], signalled=False, kmsg=NO_KERNEL_LOG) is None
+
+
 def test_an_earlier_attempts_error_does_not_count(tmp_path: Path) -> None:
     log = tmp_path / "sftctl.log"
-    log.write_text("torch.OutOfMemoryError: CUDA out of memory.\n")
+    frames = 'Traceback (most recent call last):\n  File "x.py"\n    f()\n'
+    log.write_text(frames + "torch.OutOfMemoryError: CUDA out of memory.\n")
+    assert oom.cause(log, _watch(), [], signalled=False, kmsg=NO_KERNEL_LOG) == "CUDA out of memory"
     offset = log.stat().st_size
     with log.open("a") as fh:
         fh.write("ValueError: something else entirely\n")

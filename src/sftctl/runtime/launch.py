@@ -430,6 +430,7 @@ def _launch(
     try:
         return _attempts(resolved, cmd, env, opts, cwd, record, mode, run_id, wall, held)
     finally:
+        record.release()
         guard.done()
 
 

@@ -56,9 +56,25 @@ def in_output(log: Path, start: int = 0) -> str | None:
     except OSError:
         return None
     for pattern, what in PATTERNS:
-        if pattern.search(text):
+        if any(_ends_a_traceback(text, m.start()) for m in pattern.finditer(text)):
             return what
     return None
+
+
+_RANK = re.compile(r"^(?:\[rank\d+\]:)?")
+_TRACEBACK = re.compile(r"^(?:\[rank\d+\]:\s*)?Traceback \(most recent call last\):", re.M)
+
+
+def _ends_a_traceback(text: str, at: int) -> bool:
+    """The exception line at ``at`` is the end of a Python traceback: the line before it
+    is a frame's indented source line, and a ``Traceback`` header is not far above. A data
+    row or a prompt that holds the same words is neither."""
+    before = text[:at].rstrip("\n").rsplit("\n", 1)[-1]
+    frame = before[_RANK.match(before).end() :]  # type: ignore[union-attr]
+    if not frame.startswith((" ", "\t")):
+        return False
+    window = text[max(0, at - 64 * 1024) : at]
+    return _TRACEBACK.search(window) is not None
 
 
 def monotonic_us() -> int:

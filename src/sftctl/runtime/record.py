@@ -75,6 +75,7 @@ class RunRecord:
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _created: float = field(default_factory=time.time)
     write_error: str | None = None
+    folder_lock: Any = None  # ownership.Held on the run folder once adopted
 
     @classmethod
     def create(
@@ -188,10 +189,31 @@ class RunRecord:
                 self._recover_log(old_log)
             self.data["run_dir"] = str(run_dir)
             self.data["log"] = str(self.log)
+            self._hold(run_dir)
             self.write()
             pointer = {"moved_to": str(run_dir), "manifest": str(self.manifest_path), "run_id": self.run_id}
             with contextlib.suppress(OSError):  # the run folder holds the record; the pointer helps find it
                 write_json_atomic(self.staging / POINTER, pointer)
+
+    def _hold(self, run_dir: Path) -> None:
+        """Hold the run folder itself (as an add_version: false run holds its output_dir):
+        a later run pointed at this folder with add_version false is refused while this
+        one writes there (out-of-memory recovery trains in it in place)."""
+        if self.in_place or run_dir == self.output_dir:
+            return  # the output_dir's own lock already covers it
+        from sftctl.runtime import ownership
+
+        info = {"pid": os.getpid(), "output_dir": str(run_dir), "started_at": self.data.get("started_at")}
+        with contextlib.suppress(ownership.Busy, OSError):
+            self.folder_lock = ownership.acquire(
+                run_dir / STAGING, self.run_id, exclusive=True, info=info
+            )
+
+    def release(self) -> None:
+        """Let go of the run folder (at the end of the run)."""
+        if self.folder_lock is not None:
+            self.folder_lock.release()
+            self.folder_lock = None
 
     def _recover_log(self, old_log: Path) -> None:
         """The staging folder was deleted under a running run: its log lives on only as

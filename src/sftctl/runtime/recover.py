@@ -48,16 +48,17 @@ def world_of(resolved: Resolved) -> int:
 
 def _set_aside_incomplete(run_dir: Path, resume_from: Path | None, attempt: int) -> None:
     """Checkpoint folders the failed attempt left half-written (newer than the resume
-    point) are renamed, so the next attempt never writes into them."""
+    point) are renamed, so the next attempt never writes into them; the new name does not
+    start with ``checkpoint-``, so transformers' save_total_limit rotation leaves it alone."""
     complete = set(complete_checkpoints(run_dir))
     floor = int(resume_from.name.split("-", 1)[1]) if resume_from else -1
     for folder in checkpoint_dirs(run_dir):
         if folder not in complete and int(folder.name.split("-", 1)[1]) > floor:
-            aside = folder.with_name(f"{folder.name}.incomplete-attempt{attempt}")
+            aside = folder.with_name(f"incomplete-attempt{attempt}-{folder.name}")
             n = 1
             while aside.exists() or aside.is_symlink():  # an earlier resume of this run left one
                 n += 1
-                aside = folder.with_name(f"{folder.name}.incomplete-attempt{attempt}-{n}")
+                aside = folder.with_name(f"incomplete-attempt{attempt}.{n}-{folder.name}")
             os.rename(folder, aside)
 
 

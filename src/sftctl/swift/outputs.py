@@ -18,7 +18,10 @@ def checkpoint_dirs(folder: Path) -> list[Path]:
     found = [
         p
         for p in folder.iterdir()
-        if p.is_dir() and p.name.startswith("checkpoint-") and p.name.split("-", 1)[1].isdigit()
+        if p.is_dir()
+        and p.name.startswith("checkpoint-")
+        and p.name.split("-", 1)[1].isascii()
+        and p.name.split("-", 1)[1].isdigit()
     ]
     return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
 
