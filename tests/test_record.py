@@ -94,9 +94,9 @@ def test_env_names_and_secrets(write: Callable[[str, str], Path], cli: CliRunner
     assert out.exit_code == 1 and "is not an environment variable name" in out.output
 
 
-def test_several_nodes_are_refused_until_supported(cli: CliRunner) -> None:
+def test_several_nodes_need_the_address_where_they_meet(cli: CliRunner) -> None:
     out = cli.invoke(app, ["validate", "cpu-smoke", "--set", "launch.nnodes=2"])
-    assert out.exit_code == 1 and "launch.nnodes: 2 nodes" in out.output
+    assert out.exit_code == 1 and "launch.master_addr: 2 nodes need the address of node 0" in out.output
 
 
 def test_set_in_the_other_spelling_replaces_the_presets() -> None:

@@ -27,7 +27,12 @@ _FIELD_HINTS = {
     "launch.gpus": "list GPU ids, e.g. gpus: 0,1,2,3 (or a range 0-3), or auto / auto:N for free GPUs",
     "launch.nproc_per_node": "a whole number of processes per node, e.g. nproc_per_node: 2, "
     "or auto (one per GPU) with launch.gpus listed",
-    "launch.nnodes": "a whole number of nodes, e.g. nnodes: 1",
+    "launch.nnodes": "a whole number of nodes, e.g. nnodes: 2",
+    "launch.node_rank": "this node's rank, 0 to nnodes-1, e.g. --node-rank 1",
+    "launch.master_addr": "the host name or IP address of node 0, e.g. master_addr: 10.0.0.1",
+    "launch.rdzv": "rdzv: static or rdzv: c10d",
+    "launch.rdzv_id": "letters, digits, '.', '_' or '-', e.g. rdzv_id: qwen3-8b-run1",
+    "launch.rdzv_timeout": "seconds, e.g. rdzv_timeout: 600",
     "launch.master_port": "a port number between 1 and 65535, e.g. master_port: 29500",
     "launch.launcher": "launcher: swift or launcher: torchrun",
     "env": "env is a mapping of NAME: value",
@@ -265,8 +270,8 @@ LAUNCH_ENV = {
     "NPROC_PER_NODE": "launch.nproc_per_node",
     "NNODES": "launch.nnodes",
     "MASTER_PORT": "launch.master_port",
-    "NODE_RANK": "launch.nnodes",
-    "MASTER_ADDR": "launch.nnodes",
+    "NODE_RANK": "launch.node_rank",
+    "MASTER_ADDR": "launch.master_addr",
     "WORLD_SIZE": "launch.nproc_per_node",
 }
 

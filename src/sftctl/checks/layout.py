@@ -19,6 +19,52 @@ def _use_cpu_state(args: Mapping[str, Any]) -> str:
     return "unset" if args.get("use_cpu") is None else f"is {args['use_cpu']!s}".lower()
 
 
+def _nodes(launch: Launch) -> list[Problem]:
+    """Multi-node settings that cannot work."""
+    problems = []
+    if launch.nnodes > 1 and not launch.master_addr:
+        problems.append(
+            report(
+                "L001",
+                "launch.master_addr",
+                f"{launch.nnodes} nodes need the address of node 0, where they meet",
+                "set launch.master_addr to node 0's host name or IP address, reachable from every node",
+            )
+        )
+    if launch.node_rank is not None and launch.node_rank >= launch.nnodes:
+        problems.append(
+            report(
+                "L010",
+                "launch.node_rank",
+                f"node rank {launch.node_rank} with {launch.nnodes} node(s): "
+                f"ranks run 0 to {launch.nnodes - 1}",
+                f"give --node-rank 0..{launch.nnodes - 1}, or raise launch.nnodes",
+            )
+        )
+    if launch.nnodes > 1 and launch.rdzv == "c10d" and launch.launcher == "swift":
+        problems.append(
+            report(
+                "L011",
+                "launch.rdzv",
+                "ms-swift's launcher passes no rendezvous options to torchrun, so it cannot use c10d",
+                "set launch.launcher: torchrun, or launch.rdzv: static",
+            )
+        )
+    return problems
+
+
+def needs_node_rank(launch: Launch) -> Problem | None:
+    """A multi-node command is per node: which one (c10d assigns ranks itself)."""
+    if launch.nnodes > 1 and launch.node_rank is None and launch.rdzv == "static":
+        return report(
+            "L012",
+            "launch.node_rank",
+            f"a run over {launch.nnodes} nodes is started once per node, each with its rank",
+            f"give --node-rank K (0..{launch.nnodes - 1}) on each node; render --all-nodes -o DIR writes all",
+        )
+    return None
+
+
 def check(launch: Launch, layout: Layout, launch_args: Mapping[str, Any]) -> list[Problem]:
     """Every layout rule that ``layout`` (planned from ``launch``) breaks, each with its fix."""
     problems: list[Problem] = []
@@ -33,16 +79,7 @@ def check(launch: Launch, layout: Layout, launch_args: Mapping[str, Any]) -> lis
                 "add --on-oom recover (launch.on_oom: recover), or drop it",
             )
         )
-    if launch.nnodes > 1:
-        problems.append(
-            report(
-                "L001",
-                "launch.nnodes",
-                f"{launch.nnodes} nodes: sftctl renders and launches single-node runs only so far",
-                "run one node per machine with nnodes: 1, "
-                "or use ms-swift's NNODES, NODE_RANK, MASTER_ADDR by hand",
-            )
-        )
+    problems += _nodes(launch)
     if launch.gpus is not None:
         negative = [g for g in launch.gpus if g < 0]
         if negative:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from sftctl.cli.boundary import boundary, err
-from sftctl.cli.options import JsonOpt, TargetSpec, target_command
+from sftctl.cli.options import JsonOpt, NodeRankOpt, TargetSpec, target_command
 from sftctl.errors import EXIT_INVALID, EXIT_USAGE, UsageError, errors_of
 
 
@@ -56,7 +56,31 @@ def render_text(spec: TargetSpec, fmt: str) -> str:
         )
     else:
         resolved = resolve(name, spec.overrides(), picker=Unpicked(refuse=True))
+    from sftctl.checks.layout import needs_node_rank
+    from sftctl.errors import ConfigError
+
+    missing = needs_node_rank(resolved.config.launch)
+    if missing is not None:
+        raise ConfigError(problems=[missing])
     return r.text(resolved, build(resolved, builtin_paths(resolved)), fmt)
+
+
+def _all_nodes(spec: TargetSpec, fmt: str, folder: Path) -> None:
+    """One file per node of a multi-node config in ``folder``: node-0.sh, node-1.sh, ..."""
+    from sftctl.config.resolve import Unpicked, resolve
+    from sftctl.util.fs import write_atomic
+
+    nodes = resolve(spec.one(), spec.overrides(), picker=Unpicked(refuse=True)).config.launch.nnodes
+    suffix = {"sh": "sh", "json": "json"}.get(fmt, "yaml")
+    for k in range(nodes):
+        text = render_text(spec.with_node_rank(k), fmt)
+        try:
+            write_atomic(folder / f"node-{k}.{suffix}", text, executable=fmt == "sh")
+        except OSError as exc:
+            raise UsageError(
+                f"-o {folder}: cannot write it ({exc.strerror}) (fix: give a folder you can write)"
+            ) from None
+    print(f"wrote {nodes} file(s) in {folder}: node-0.{suffix} .. node-{nodes - 1}.{suffix}", file=sys.stderr)
 
 
 @target_command()
@@ -68,9 +92,19 @@ def render(
         Path | None,
         typer.Option("--check", help="Exit 1 if FILE differs from the rendering (a CI drift check)."),
     ] = None,
+    node_rank: NodeRankOpt = None,
+    all_nodes: Annotated[
+        bool, typer.Option("--all-nodes", help="Multi-node: write every node's script into -o DIR.")
+    ] = False,
 ) -> None:
     """Print the exact launch command as a bash script, JSON, or an ms-swift YAML."""
     with boundary():
+        spec = spec.with_node_rank(node_rank)
+        if all_nodes:
+            if output is None or node_rank is not None:
+                raise UsageError("--all-nodes: give -o DIR (and no --node-rank) (fix: --all-nodes -o nodes/)")
+            _all_nodes(spec, fmt, output)
+            return
         text = render_text(spec, fmt)
         if check is not None:
             from sftctl.render import check_drift

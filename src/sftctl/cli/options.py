@@ -68,6 +68,12 @@ GraceOpt = Annotated[
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress display.")]
 
 
+NodeRankOpt = Annotated[
+    int | None,
+    typer.Option("--node-rank", min=0, help="Multi-node: this node's rank, 0..nnodes-1.", show_default=False),
+]
+
+
 @dataclass(frozen=True)
 class TargetSpec:
     """What the user named (a preset, a file, or several) and what they override."""
@@ -77,6 +83,16 @@ class TargetSpec:
     gpus: str | None = None
     model: str | None = None
     swift_version: str | None = None
+
+    def with_sets(self, *sets: str) -> "TargetSpec":
+        """The same target with more ``--set`` overrides (flags that stand for config keys)."""
+        import dataclasses
+
+        return dataclasses.replace(self, sets=(*self.sets, *sets)) if sets else self
+
+    def with_node_rank(self, node_rank: int | None) -> "TargetSpec":
+        """``--node-rank K`` as the config key it sets (launch.node_rank)."""
+        return self if node_rank is None else self.with_sets(f"launch.node_rank={node_rank}")
 
     def one(self) -> str:
         """The single target of a command that takes one."""

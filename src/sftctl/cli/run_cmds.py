@@ -7,7 +7,15 @@ from typing import Annotated
 import typer
 
 from sftctl.cli.boundary import boundary
-from sftctl.cli.options import GraceOpt, JsonOpt, QuietOpt, TargetSpec, seconds_option, target_command
+from sftctl.cli.options import (
+    GraceOpt,
+    JsonOpt,
+    NodeRankOpt,
+    QuietOpt,
+    TargetSpec,
+    seconds_option,
+    target_command,
+)
 
 WaitOpt = Annotated[bool, typer.Option("--wait", help="Wait for GPUs other runs hold instead of refusing.")]
 RunDirArg = Annotated[Path, typer.Argument(help="A run folder (or its .sftctl staging folder).")]
@@ -59,13 +67,15 @@ def run(
     on_oom: OnOomOpt = None,
     allow_shorter: AllowShorterOpt = False,
     allow_optimizer_reset: AllowResetOpt = False,
+    node_rank: NodeRankOpt = None,
     lock_fd: Annotated[int | None, typer.Option("--lock-fd", hidden=True)] = None,
     leases: Annotated[str | None, typer.Option("--leases", hidden=True)] = None,
 ) -> None:
     """Check the config and this machine, then launch and supervise the training command."""
     with boundary():
         name = spec.one()
-        spec = _with_recovery(spec, on_oom, allow_shorter, allow_optimizer_reset)
+        spec = spec.with_sets(*_recovery_sets(on_oom, allow_shorter, allow_optimizer_reset))
+        spec = spec.with_node_rank(node_rank)
         from sftctl.runtime import launch
 
         opts = launch.RunOptions(
@@ -97,13 +107,6 @@ def _recovery_sets(on_oom: str | None, shorter: bool, reset: bool) -> tuple[str,
     sets += ["launch.allow_shorter=true"] if shorter else []
     sets += ["launch.allow_optimizer_reset=true"] if reset else []
     return tuple(sets)
-
-
-def _with_recovery(spec: TargetSpec, on_oom: str | None, shorter: bool, reset: bool) -> TargetSpec:
-    import dataclasses
-
-    sets = _recovery_sets(on_oom, shorter, reset)
-    return dataclasses.replace(spec, sets=(*spec.sets, *sets)) if sets else spec
 
 
 def resume_cmd(

@@ -60,7 +60,40 @@ class Launch(BaseModel):
     master_port: int | None = Field(
         None, ge=1, le=65535, strict=True, description="rendezvous port; omitted: a free one at launch"
     )
-    nnodes: int = Field(1, ge=1, strict=True, description="number of nodes")
+    nnodes: int = Field(1, ge=1, le=4096, strict=True, description="number of nodes")
+    node_rank: int | None = Field(
+        None,
+        ge=0,
+        strict=True,
+        description="this node's rank, 0..nnodes-1 (--node-rank K); 0 runs the master",
+    )
+    master_addr: str | None = Field(
+        None,
+        min_length=1,
+        max_length=253,
+        pattern=r"^[A-Za-z0-9._:\-\[\]]+$",
+        description="host name or address of node 0, which every node can reach (multi-node)",
+    )
+    rdzv: Literal["static", "c10d"] = Field(
+        "static",
+        description="multi-node rendezvous: static (master_addr:master_port and node_rank) or c10d "
+        "(torchrun's rendezvous at master_addr:master_port under rdzv_id; node ranks assigned)",
+    )
+    rdzv_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._\-]+$",
+        description="the run's id on every node (the c10d rendezvous id and sftctl's run id); "
+        "default: derived from the config, the same on every node",
+    )
+    rdzv_timeout: int = Field(
+        600,
+        ge=1,
+        le=86400,
+        strict=True,
+        description="seconds every node waits for the others to join before the run ends",
+    )
     on_oom: Literal["stop", "recover"] = Field(
         "stop",
         description="stop: a rank out of memory ends the run; recover: restart from the last "

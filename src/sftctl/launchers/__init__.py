@@ -62,6 +62,29 @@ def _expand_env(value: str, path_of: Mapping[str, str]) -> str:
     return value
 
 
+# Multi-node defaults: every node must agree on the port, so none is picked at launch; a
+# rank that dies or hangs must end the others within a finite time (ms-swift's own
+# ddp_timeout is 18,000,000 s), and NCCL must turn a failed collective into an error.
+MULTI_NODE_PORT = 29500
+DDP_TIMEOUT = 1800
+NCCL_ERRORS = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}
+
+
+def run_id_of(resolved: Resolved) -> str:
+    """A multi-node run's id, the same on every node: ``launch.rdzv_id``, or one derived
+    from the config (all but the node's rank)."""
+    import hashlib
+    import json
+
+    launch = resolved.config.launch
+    if launch.rdzv_id:
+        return launch.rdzv_id
+    doc = resolved.document()
+    doc.get("launch", {}).pop("node_rank", None)
+    digest = hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+    return f"sftctl-{digest[:12]}"
+
+
 def build(
     resolved: Resolved, path_of: Mapping[str, str] | None = None, master_port: int | None = None
 ) -> Command:
@@ -75,8 +98,17 @@ def build(
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in launch.gpus)
     port = launch.master_port or master_port
     flags = swift_args(resolved, path_of)
+    if launch.nnodes > 1:
+        port = launch.master_port or MULTI_NODE_PORT
+        env.update(NCCL_ERRORS)
+        if resolved.args.get("ddp_timeout") is None:
+            flags += ["--ddp_timeout", str(DDP_TIMEOUT)]
     module = torchrun if launch.launcher == "torchrun" else swift
-    cmd = module.command(launch, flags, port)
+    cmd = (
+        torchrun.command(launch, flags, port, run_id_of(resolved))
+        if module is torchrun
+        else swift.command(launch, flags, port)
+    )
     env.update(cmd.env)
     env.update({k: _expand_env(v, path_of or {}) for k, v in resolved.config.env.items()})
     return Command(env=env, argv=cmd.argv, unset=cmd.unset)

@@ -288,6 +288,11 @@ def _checked_run(
         else resolve(target, overrides, env=env, visible=visible, picker=picker)
     )
     _lease_listed(resolved, picker)
+    from sftctl.checks.layout import needs_node_rank
+
+    missing = needs_node_rank(resolved.config.launch)
+    if missing is not None:
+        raise RefusedError(problems=[missing])
     if opts.resume:
         point = _resume_point(resolved, cwd)
         if _finished(point):
@@ -297,7 +302,9 @@ def _checked_run(
             )
             return 0
     in_place = resolved.args.get("add_version", True) is False
-    run_id = opts.run_id or new_run_id()
+    multi = resolved.config.launch.nnodes > 1
+    # The nodes of one run share its id (each keeps its own record).
+    run_id = opts.run_id or (launchers.run_id_of(resolved) if multi else new_run_id())
     folder = hostcheck.output_dir_of(resolved, cwd)
     unusable = hostcheck.check_writable(folder)
     if unusable:
@@ -417,7 +424,10 @@ def _launch(
         ),
         in_place=in_place,
         run_id=run_id,
+        node=(resolved.config.launch.node_rank or 0) if resolved.config.launch.nnodes > 1 else None,
     )
+    if resolved.config.launch.nnodes > 1:
+        record.data["nnodes"] = resolved.config.launch.nnodes
 
     mode = "quiet" if opts.quiet else ("live" if sys.stdout.isatty() else "plain")
     if mode != "quiet":
@@ -472,7 +482,7 @@ def _attempts(
         row: dict[str, Any] = {"attempt": len(rows) + 1, "started_at": now_iso(), "change": change}
         row["delta"] = delta
         row.update(resumed_from=resumed_from, optimizer=optimizer)
-        ended = _supervise(cmd, env, opts, cwd, record, mode, run_id, held)
+        ended = _supervise(cmd, env, opts, cwd, record, mode, run_id, held, _node_watch(resolved))
         outcome = ended.outcome
         peaks.append(outcome)
         first = first or ended.stats
@@ -535,7 +545,21 @@ def _port_for(resolved: Resolved) -> int | None:
     return supervise.find_free_port() if launch.master_port is None and distributed else None
 
 
+def _node_watch(resolved: Resolved) -> Any:
+    """A multi-node run's watch (rendezvous and stalls), or None on one node."""
+    launch = resolved.config.launch
+    if launch.nnodes == 1:
+        return None
+    from sftctl.launchers import DDP_TIMEOUT
+    from sftctl.runtime.nodes import NodeWatch
+
+    limit = resolved.args.get("ddp_timeout")
+    return NodeWatch(launch, float(limit) if isinstance(limit, (int, float)) else float(DDP_TIMEOUT))
+
+
 def _status(outcome: supervise.Outcome) -> str:
+    if outcome.reason:
+        return outcome.reason.split(":", 1)[0]
     if outcome.killed:
         return "killed"
     if outcome.signal:
@@ -554,6 +578,7 @@ def _finish(
         exit_code=outcome.returncode,
         signal=outcome.signal,
         killed=outcome.killed,
+        reason=outcome.reason,
         descendants=outcome.descendants,
         wall_seconds=round(wall, 2),
         first_loss=first.first_loss if first.first_loss is not None else stats.first_loss,
@@ -626,6 +651,7 @@ def _supervise(
     mode: str,
     run_id: str,
     held: leases.Leases,
+    stop_if: Any = None,
 ) -> _Ended:
     """Run one attempt of the command under supervision. The training command holds the
     GPU leases too: they last while any of its processes does, even if the supervisor and
@@ -643,6 +669,8 @@ def _supervise(
     gpu = Sampler() if cmd.env.get("CUDA_VISIBLE_DEVICES") else None  # a GPU run: NVML's view of it
     try:
         with Follower(record.discover, mode, start_offset=record.jsonl_offset) as follower:
+            if stop_if is not None:
+                stop_if.stats = follower.stats
 
             def on_line(line: str) -> None:
                 record.announce(line)
@@ -659,6 +687,7 @@ def _supervise(
                 on_line=on_line,
                 pass_fds=held.fds(),
                 on_scan=None if gpu is None else gpu.sample,
+                stop_if=stop_if,
             )
     except supervise.StartError as exc:
         record.finish(status="failed to start", exit_code=None, error=str(exc))
@@ -679,6 +708,8 @@ def _summary(record: RunRecord, outcome: supervise.Outcome, stats: Any, wall: fl
     lines = []
     if outcome.returncode == 0:
         lines.append("sftctl: training finished")
+    elif outcome.reason:
+        lines.append(f"sftctl: {outcome.reason}; the whole process tree was ended")
     elif outcome.signal:
         lines.append(
             f"sftctl: stopped by signal {outcome.signal}; the whole process tree was ended"

@@ -70,6 +70,7 @@ class RunRecord:
     log_name: str = LOG
     manifest_name: str = MANIFEST
     jsonl_offset: int = 0  # logging.jsonl bytes of an earlier run in the same folder
+    node: int | None = None  # a multi-node run's node rank: every node keeps its own record
     _before: set[str] = field(default_factory=set)
     _announced: Path | None = None
     _lock: threading.RLock = field(default_factory=threading.RLock)
@@ -79,9 +80,18 @@ class RunRecord:
 
     @classmethod
     def create(
-        cls, output_dir: Path, data: dict[str, Any], in_place: bool, run_id: str | None = None
+        cls,
+        output_dir: Path,
+        data: dict[str, Any],
+        in_place: bool,
+        run_id: str | None = None,
+        node: int | None = None,
     ) -> RunRecord:
-        rec = cls(output_dir, run_id or new_run_id(), data, in_place)
+        rec = cls(output_dir, run_id or new_run_id(), data, in_place, node=node)
+        if node is not None:
+            # The nodes share the run folder (ms-swift names it once for all of them).
+            rec.log_name, rec.manifest_name = f"sftctl-node{node}.log", f"sftctl-manifest-node{node}.json"
+            rec.data["node_rank"] = node
         rec.staging.mkdir(parents=True, exist_ok=True)
         rec._before = {p.name for p in output_dir.iterdir()} if output_dir.is_dir() else set()
         if in_place and (output_dir / "logging.jsonl").is_file():
@@ -94,7 +104,11 @@ class RunRecord:
 
     @property
     def staging(self) -> Path:
-        return self.output_dir / STAGING / self.run_id
+        return (
+            self.output_dir
+            / STAGING
+            / (self.run_id if self.node is None else f"{self.run_id}-node{self.node}")
+        )
 
     @property
     def log(self) -> Path:
@@ -174,7 +188,7 @@ class RunRecord:
         with self._lock:
             if self.run_dir is not None:
                 return
-            if (run_dir / MANIFEST).exists() or (run_dir / LOG).exists():
+            if self.node is None and ((run_dir / MANIFEST).exists() or (run_dir / LOG).exists()):
                 # Another run's record is there (a reused output_dir): keep both.
                 self.log_name = f"sftctl-{self.run_id}.log"
                 self.manifest_name = f"sftctl-manifest-{self.run_id}.json"
@@ -206,7 +220,7 @@ class RunRecord:
         info = {"pid": os.getpid(), "output_dir": str(run_dir), "started_at": self.data.get("started_at")}
         with contextlib.suppress(ownership.Busy, OSError):
             self.folder_lock = ownership.acquire(
-                run_dir / STAGING, self.run_id, exclusive=True, info=info
+                run_dir / STAGING, self.run_id, exclusive=self.node is None, info=info
             )
 
     def release(self) -> None:
@@ -266,12 +280,13 @@ def base_manifest(**fields: Any) -> dict[str, Any]:
 _FIELDS: dict[str, tuple[type, ...]] = {
     **dict.fromkeys(
         ("status", "run_id", "run_dir", "staging_dir", "config_yaml", "moved_to", "manifest", "started_at",
-         "ended_at", "cwd", "target", "log", "last_checkpoint", "host", "layout", "gpus", "preset",
+         "ended_at", "cwd", "target", "log", "last_checkpoint", "host", "layout", "gpus", "preset", "reason",
          "preset_hash"),
         (str, type(None)),
     ),
     **dict.fromkeys(("pid", "leader_start", "supervisor_pid", "supervisor_start", "exit_code", "signal",
-                     "peak_rss_bytes", "peak_process_rss_bytes", "peak_gpu_bytes"), (int, type(None))),
+                     "node_rank", "nnodes", "peak_rss_bytes", "peak_process_rss_bytes", "peak_gpu_bytes"),
+                    (int, type(None))),
     **dict.fromkeys(
         ("peak_gpu_memory_gib", "first_loss", "last_loss", "wall_seconds", "steps_per_second"),
         (int, float, type(None)),
@@ -384,7 +399,19 @@ def list_runs(output_dir: Path, broken: list[str] | None = None) -> list[dict[st
         if "moved_to" in data:
             continue
         data["_manifest"] = str(path)
-        seen[str(data.get("run_id") or path)] = data
+        key = str(data.get("run_id") or path)
+        node = data.get("node_rank")
+        if isinstance(node, int) and key in seen:
+            # One row per multi-node run: node 0's record, with every node's status.
+            first = seen[key]
+            statuses = {**first.get("node_status", {}), str(node): data.get("status")}
+            if node == 0:
+                first = data
+            seen[key] = {**first, "node_status": statuses, "nodes": len(statuses)}
+            continue
+        if isinstance(node, int):
+            data = {**data, "node_status": {str(node): data.get("status")}, "nodes": 1}
+        seen[key] = data
     return sorted(seen.values(), key=lambda d: str(d.get("started_at", "")))
 
 

@@ -68,9 +68,11 @@ class Outcome:
     leftovers: list[int]
     """Descendants still running when the leader exited on its own (then stopped)."""
     peak_rss: int = 0
-    """The largest sampled sum of RssAnon over the tree's processes, in bytes."""
+    """The largest sampled sum of Pss_Anon over the tree's processes, in bytes."""
     peak_rss_process: int = 0
     """The largest sampled RssAnon of one process of the tree, in bytes."""
+    reason: str | None = None
+    """Why sftctl stopped the tree itself (a rendezvous that timed out), if it did."""
 
 
 class StartError(OSError):
@@ -245,6 +247,17 @@ def _rss_anon(pid: int) -> int:
     return 0
 
 
+def is_worker(pid: int) -> bool:
+    """``pid`` is a rank torchrun started (its environment holds LOCAL_RANK): the nodes
+    have met, since torchrun starts ranks only after the rendezvous."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            names = {item.partition(b"=")[0] for item in fh.read(1 << 20).split(b"\0")}
+    except OSError:
+        return False
+    return b"LOCAL_RANK" in names and b"TORCHELASTIC_RUN_ID" in names
+
+
 def _pss_anon(pid: int, fallback: int) -> int:
     """A process's proportional share of its anonymous memory in bytes (Pss_Anon of
     smaps_rollup, Linux 5.x); ``fallback`` where the kernel does not give it."""
@@ -362,6 +375,7 @@ def run_supervised(
     leftover_grace: float = 5.0,
     pass_fds: tuple[int, ...] = (),
     on_scan: Callable[[set[int]], None] | None = None,
+    stop_if: Callable[[set[int]], str | None] | None = None,
 ) -> Outcome:
     """Run `argv` with exactly `env` in a new session and supervise its process tree.
 
@@ -374,7 +388,9 @@ def run_supervised(
     `swift` launcher orphans its child), those get SIGTERM, then SIGKILL after
     `leftover_grace`. `pass_fds` are handed to the command (locks it must hold while it
     lives). `on_scan` gets the tree's live pids about once a second (to sample their GPU
-    memory). Raises StartError if the command cannot be started.
+    memory). `stop_if` gets them at every poll; a reason it returns stops the tree as a
+    signal would (SIGTERM, SIGKILL after `grace`) and is the outcome's `reason`. Raises
+    StartError if the command cannot be started.
     """
     pending: list[int] = []
     wake_r, wake_w = os.pipe()
@@ -420,9 +436,11 @@ def run_supervised(
         tree = _Tree([leader], leader)
         if on_start is not None:
             on_start(proc.pid)
+        reasons: list[str] = []
         code, forwarded, killed, leftovers = _supervise(
             proc, tree, _Output(log, on_line, echo), pending, wake_r,
             grace=grace, poll_interval=poll_interval, leftover_grace=leftover_grace, on_scan=on_scan,
+            stop_if=stop_if, reasons=reasons,
         )  # fmt: skip
         return Outcome(
             returncode=code,
@@ -434,6 +452,7 @@ def run_supervised(
             leftovers=leftovers,
             peak_rss=tree.peak_rss,
             peak_rss_process=tree.peak_rss_process,
+            reason=reasons[0] if reasons else None,
         )
     except BaseException:
         # Our own failure (a callback raised, ...): leave nothing running behind us.
@@ -466,6 +485,8 @@ def _supervise(
     poll_interval: float,
     leftover_grace: float,
     on_scan: Callable[[set[int]], None] | None = None,
+    stop_if: Callable[[set[int]], str | None] | None = None,
+    reasons: list[str] | None = None,
 ) -> tuple[int, int | None, bool, list[int]]:
     """The main loop; returns (returncode, forwarded signal, killed, leftovers)."""
     assert proc.stdout is not None
@@ -518,6 +539,13 @@ def _supervise(
                 if on_scan is not None and now >= next_report:
                     on_scan(set(tree.live()))
                     next_report = now + 1.0
+                if stop_if is not None and term_deadline is None and rc is None:
+                    why = stop_if(set(tree.live()))
+                    if why is not None:
+                        if reasons is not None:
+                            reasons.append(why)
+                        tree.signal(signal.SIGTERM)
+                        term_deadline = now + grace
             if rc is None:
                 rc = proc.poll()
 
