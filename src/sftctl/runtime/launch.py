@@ -438,10 +438,24 @@ def _launch(
     guard = watchdog.start(run_id, record.staging, opts.grace)
     record.data["watchdog"] = [guard.proc.pid, _start_of(guard.proc.pid)]
     try:
-        return _attempts(resolved, cmd, env, opts, cwd, record, mode, run_id, wall, held)
+        return _attempts(resolved, cmd, _Live(env, opts, cwd, record, mode, run_id, held), wall)
     finally:
         record.release()
         guard.done()
+
+
+@dataclass(frozen=True)
+class _Live:
+    """What every attempt of a launched run shares: its environment, options, folder,
+    record, display mode, id and GPU leases."""
+
+    env: dict[str, str]
+    opts: RunOptions
+    cwd: Path
+    record: RunRecord
+    mode: str
+    run_id: str
+    held: leases.Leases
 
 
 @dataclass
@@ -454,22 +468,12 @@ class _Ended:
     per_rank: dict[str, int]
 
 
-def _attempts(
-    resolved: Resolved,
-    cmd: launchers.Command,
-    env: dict[str, str],
-    opts: RunOptions,
-    cwd: Path,
-    record: RunRecord,
-    mode: str,
-    run_id: str,
-    wall: float,
-    held: leases.Leases,
-) -> int:
+def _attempts(resolved: Resolved, cmd: launchers.Command, live: _Live, wall: float) -> int:
     """Run the command; on out-of-memory with ``on_oom: recover``, climb the ladder: each
     further attempt resumes the run's last complete checkpoint with the next rung."""
     from sftctl.runtime import oom, recover
 
+    record, mode, env = live.record, live.mode, live.env
     rows: list[dict[str, Any]] = []
     change: str | None = None
     delta: dict[str, Any] | None = None
@@ -482,7 +486,7 @@ def _attempts(
         row: dict[str, Any] = {"attempt": len(rows) + 1, "started_at": now_iso(), "change": change}
         row["delta"] = delta
         row.update(resumed_from=resumed_from, optimizer=optimizer)
-        ended = _supervise(cmd, env, opts, cwd, record, mode, run_id, held, _node_watch(resolved))
+        ended = _supervise(cmd, live, _node_watch(resolved))
         outcome = ended.outcome
         peaks.append(outcome)
         first = first or ended.stats
@@ -642,20 +646,19 @@ def _plan_suggestion(resolved: Resolved) -> str | None:
     )
 
 
-def _supervise(
-    cmd: launchers.Command,
-    env: dict[str, str],
-    opts: RunOptions,
-    cwd: Path,
-    record: RunRecord,
-    mode: str,
-    run_id: str,
-    held: leases.Leases,
-    stop_if: Any = None,
-) -> _Ended:
+def _supervise(cmd: launchers.Command, live: _Live, stop_if: Any = None) -> _Ended:
     """Run one attempt of the command under supervision. The training command holds the
     GPU leases too: they last while any of its processes does, even if the supervisor and
     its watchdog are both killed."""
+    env, opts, cwd, record, mode, run_id, held = (
+        live.env,
+        live.opts,
+        live.cwd,
+        live.record,
+        live.mode,
+        live.run_id,
+        live.held,
+    )
     from sftctl.runtime.progress import Follower
 
     def started(pid: int) -> None:

@@ -235,16 +235,21 @@ class _Tree:
         return list(live)
 
 
-def _rss_anon(pid: int) -> int:
-    """A process's RssAnon in bytes (0 when it is gone or a zombie)."""
+def _kib_field(path: str, key: bytes) -> int | None:
+    """A ``Key:   N kB`` line of a /proc file, in bytes; None when it is not there."""
     try:
-        with open(f"/proc/{pid}/status", "rb") as fh:
+        with open(path, "rb") as fh:
             for line in fh:
-                if line.startswith(b"RssAnon:"):
+                if line.startswith(key):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
-        return 0
-    return 0
+        return None
+    return None
+
+
+def _rss_anon(pid: int) -> int:
+    """A process's RssAnon in bytes (0 when it is gone or a zombie)."""
+    return _kib_field(f"/proc/{pid}/status", b"RssAnon:") or 0
 
 
 def is_worker(pid: int) -> bool:
@@ -261,14 +266,8 @@ def is_worker(pid: int) -> bool:
 def _pss_anon(pid: int, fallback: int) -> int:
     """A process's proportional share of its anonymous memory in bytes (Pss_Anon of
     smaps_rollup, Linux 5.x); ``fallback`` where the kernel does not give it."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
-            for line in fh:
-                if line.startswith(b"Pss_Anon:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return fallback
-    return fallback
+    found = _kib_field(f"/proc/{pid}/smaps_rollup", b"Pss_Anon:")
+    return fallback if found is None else found
 
 
 def _wait_gone(tree: _Tree, timeout: float, poll_interval: float) -> bool:
