@@ -51,9 +51,10 @@ def work(tmp_path_factory: pytest.TempPathFactory, e2e_cache: Path) -> tuple[Pat
     return folder, clean_env(SFTCTL_CACHE=str(e2e_cache), HOME=str(folder / "home"))
 
 
-def start(folder: Path, env: dict[str, str], rank: int, *sets: str) -> subprocess.Popen[str]:
+def start(folder: Path, env: dict[str, str], rank: int | None, *sets: str) -> subprocess.Popen[str]:
+    node = [] if rank is None else ["--node-rank", str(rank)]
     return subprocess.Popen(
-        [*sftctl_exe(), "run", "two.yaml", "--node-rank", str(rank), *sets],
+        [*sftctl_exe(), "run", "two.yaml", *node, *sets],
         cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
@@ -95,14 +96,16 @@ def single(work: tuple[Path, dict[str, str]]) -> dict[int, float]:
     return losses(only_run(folder / "single"))
 
 
-@pytest.mark.parametrize("launcher", ["swift", "torchrun"])
+@pytest.mark.parametrize("launcher", ["swift", "torchrun", "c10d"])
 def test_two_nodes_train_as_one_process_does(
     work: tuple[Path, dict[str, str]], single: dict[int, float], launcher: str
 ) -> None:
     folder, env = work
-    sets = ("--set", f"launch.launcher={launcher}", "--set", f"launch.master_port={_free_port()}",
-            "--set", f"output_dir=two-{launcher}")  # fmt: skip
-    nodes = [start(folder, env, rank, *sets) for rank in (0, 1)]
+    kind = ("--set", "launch.launcher=torchrun", "--set", "launch.rdzv=c10d") if launcher == "c10d" else (
+        "--set", f"launch.launcher={launcher}")  # fmt: skip
+    sets = (*kind, "--set", f"launch.master_port={_free_port()}", "--set", f"output_dir=two-{launcher}")
+    # c10d assigns the ranks itself: the nodes are started without one.
+    nodes = [start(folder, env, None if launcher == "c10d" else rank, *sets) for rank in (0, 1)]
     results = [finish(node) for node in nodes]
     for code, err in results:
         assert code == 0, err[-3000:]
@@ -111,13 +114,18 @@ def test_two_nodes_train_as_one_process_does(
     assert got[1] == pytest.approx(single[1], rel=LOSS_REL) and got[4] == pytest.approx(
         single[4], rel=LOSS_REL
     )
-    records = [manifest(run_dir / f"sftctl-manifest-node{k}.json") for k in (0, 1)]
-    assert records[0]["run_id"] == records[1]["run_id"]  # one run, a record per node
-    assert [r["node_rank"] for r in records] == [0, 1] and all(r["status"] == "succeeded" for r in records)
-    argv = records[1]["argv"]
-    if launcher == "torchrun":
-        assert "--node_rank=1" in argv and "--max_restarts=0" in argv and "--rdzv_conf=timeout=60" in argv
+    records = [manifest(path) for path in sorted(run_dir.glob("sftctl-manifest-node*.json"))]
+    assert len(records) == 2 and records[0]["run_id"] == records[1]["run_id"]  # one run, a record each
+    assert all(r["status"] == "succeeded" for r in records)
+    assert all((run_dir / Path(r["log"]).name).read_text() for r in records)  # two readable logs
+    if launcher == "c10d":
+        assert "--rdzv_backend=c10d" in records[0]["argv"]
     else:
+        assert [r["node_rank"] for r in records] == [0, 1]
+    argv = records[-1]["argv"]
+    if launcher == "torchrun":
+        assert "--node_rank=1" in argv and "--max_restarts=0" in argv and "--rdzv_conf=timeout=90" in argv
+    elif launcher == "swift":
         assert records[1]["env"]["NODE_RANK"] == "1" and records[1]["env"]["NNODES"] == "2"
     assert argv[argv.index("--ddp_timeout") + 1] == "1800"  # a finite collective timeout
     listed = subprocess.run(
@@ -128,17 +136,19 @@ def test_two_nodes_train_as_one_process_does(
     assert len(rows) == 1 and rows[0]["nodes"] == 2, rows  # one row per multi-node run
 
 
-def test_a_node_that_never_arrives_ends_the_other(work: tuple[Path, dict[str, str]]) -> None:
+@pytest.mark.parametrize("kind", ["static", "c10d"])
+def test_a_node_that_never_arrives_ends_the_other(work: tuple[Path, dict[str, str]], kind: str) -> None:
     folder, env = work
     began = time.monotonic()
-    sets = ("--set", "launch.rdzv_timeout=15", "--set", f"launch.master_port={_free_port()}",
-            "--set", "output_dir=alone")  # fmt: skip
-    node = start(folder, env, 0, *sets)
+    c10d = ("--set", "launch.launcher=torchrun", "--set", "launch.rdzv=c10d") if kind == "c10d" else ()
+    sets = (*c10d, "--set", "launch.rdzv_timeout=15", "--set", f"launch.master_port={_free_port()}",
+            "--set", f"output_dir=alone-{kind}")  # fmt: skip
+    node = start(folder, env, None if kind == "c10d" else 0, *sets)
     code, err = finish(node)
     took = time.monotonic() - began
     assert code != 0 and took < 15 + 30, (took, err[-2000:])
-    assert "rendezvous timeout: node(s) 1 of 2 did not join at 127.0.0.1 within 15 s" in err
-    (record,) = (folder / "alone" / ".sftctl").glob("*-node0/manifest.json")
+    assert "of 2 did not join at 127.0.0.1 within 15 s" in err and "rendezvous timeout: node(s)" in err
+    (record,) = (folder / f"alone-{kind}" / ".sftctl").glob("*-node*/manifest.json")
     data = manifest(record)
     assert data["status"] == "rendezvous timeout" and "did not join" in data["reason"]
     for pid in data["descendants"]:
@@ -193,3 +203,19 @@ def test_a_hung_rank_ends_both_nodes(work: tuple[Path, dict[str, str]], tmp_path
         assert record["status"] in ("stalled", "failed"), record["status"]
     assert manifest(run_dir / "sftctl-manifest-node0.json")["status"] == "stalled"
     assert code1 != 0
+
+
+def test_one_node_started_twice_is_refused(work: tuple[Path, dict[str, str]]) -> None:
+    folder, env = work
+    sets = ("--set", f"launch.master_port={_free_port()}", "--set", "output_dir=twice",
+            "--set", "launch.rdzv_timeout=30")  # fmt: skip
+    first = start(folder, env, 0, *sets)
+    try:
+        time.sleep(3)
+        code, err = finish(start(folder, env, 0, *sets), timeout=60)
+        assert code == 1 and "node 0 of run" in err and "is already running" in err, err
+        # Node 1 on the same host (loopback) is not refused for node 0's port.
+        late, late_err = finish(start(folder, env, 1, *sets), timeout=240)
+        assert late == 0, late_err[-2000:]
+    finally:
+        finish(first)

@@ -45,13 +45,13 @@ def test_torchrun_static_and_c10d() -> None:
     )
     assert static["argv"][:8] == [  # type: ignore[index]
         "torchrun", "--nnodes=2", "--node_rank=1", "--master_addr=10.0.0.1", "--master_port=29500",
-        "--rdzv_conf=timeout=90", "--max_restarts=0", "--nproc_per_node=8",
+        "--rdzv_conf=timeout=120", "--max_restarts=0", "--nproc_per_node=8",
     ]  # fmt: skip
     c10d = render(*TWO, "--set", "launch.launcher=torchrun", "--set", "launch.rdzv=c10d",
                   "--set", "launch.rdzv_id=job7", "--set", "launch.master_port=29400")  # fmt: skip
     assert c10d["argv"][:7] == [  # type: ignore[index]
         "torchrun", "--nnodes=2", "--rdzv_backend=c10d", "--rdzv_endpoint=10.0.0.1:29400",
-        "--rdzv_id=job7", "--rdzv_conf=join_timeout=600", "--max_restarts=0",
+        "--rdzv_id=job7", "--rdzv_conf=join_timeout=630", "--max_restarts=0",
     ]  # fmt: skip
     # A ddp_timeout of the config's own wins over the default.
     own = render(*TWO, "--node-rank", "0", "--set", "ddp_timeout=7200")

@@ -125,6 +125,7 @@ RULES: dict[str, Rule] = {
             ("H019", "--gpus auto finds too few free GPUs"),
             ("H020", "the GPU lease folder cannot be used"),
             ("H021", "the estimated peak memory exceeds the GPUs' free memory"),
+            ("H022", "a second supervisor for the same node of a multi-node run"),
             ("R001", "a rendered file that differs from the rendering"),
             ("R002", "no sftctl run record where one was expected"),
             ("R003", "a process a run record names that is not that run's"),

@@ -117,14 +117,15 @@ def resume_cmd(
     on_oom: OnOomOpt = None,
     allow_shorter: AllowShorterOpt = False,
     allow_optimizer_reset: AllowResetOpt = False,
+    node_rank: NodeRankOpt = None,
 ) -> None:
     """Continue a recorded run from its last complete checkpoint (after out-of-memory, with
-    --on-oom recover: at the ladder's next rung)."""
+    --on-oom recover: at the ladder's next rung; one node of a multi-node run: --node-rank)."""
     from sftctl.runtime import launch
 
     with boundary():
         sets = _recovery_sets(on_oom, allow_shorter, allow_optimizer_reset)
-        code = launch.resume(run_dir, launch.RunOptions(grace=grace, quiet=quiet, wait=wait), sets)
+        code = launch.resume(run_dir, launch.RunOptions(grace=grace, quiet=quiet, wait=wait), sets, node_rank)
     raise typer.Exit(code)
 
 

@@ -159,6 +159,12 @@ def runs_table(output_dir: Path, as_json: bool) -> None:
         status = effective_status(r)
         if r.get("exit_code") not in (None, 0):
             status += f" (exit {r['exit_code']})"
+        node_status = r.get("node_status")
+        if isinstance(node_status, dict) and len(node_status) > 0:
+            status += " [" + ", ".join(f"node {k}: {v}" for k, v in sorted(node_status.items())) + "]"
+        attempts = r.get("attempts")
+        if isinstance(attempts, list) and len(attempts) > 1:
+            status += f" ({len(attempts)} attempts)"
         cells = [
             Path(folder).name,
             # Runs of one add_version: false folder share it; the id tells them apart.

@@ -12,6 +12,9 @@ from sftctl.launchers import Command
 # Under torchrun, each rank runs `swift sft`; an inherited NPROC_PER_NODE or NNODES
 # would make every rank start a nested torchrun.
 UNSET = ("NPROC_PER_NODE", "NNODES")
+# torchrun's own rendezvous timeout is the backstop of a script run without sftctl: under
+# sftctl the node's watch ends it at rdzv_timeout, with one message for both launchers.
+RDZV_MARGIN = 30
 
 
 def command(launch: Launch, flags: list[str], port: int | None, run_id: str = "sftctl") -> Command:
@@ -24,14 +27,14 @@ def command(launch: Launch, flags: list[str], port: int | None, run_id: str = "s
                 "--rdzv_backend=c10d",
                 f"--rdzv_endpoint={launch.master_addr}:{port}",
                 f"--rdzv_id={run_id}",
-                f"--rdzv_conf=join_timeout={launch.rdzv_timeout}",
+                f"--rdzv_conf=join_timeout={launch.rdzv_timeout + RDZV_MARGIN}",
             ]
         else:
             argv += [
                 f"--node_rank={launch.node_rank or 0}",
                 f"--master_addr={launch.master_addr}",
                 f"--master_port={port}",
-                f"--rdzv_conf=timeout={launch.rdzv_timeout}",
+                f"--rdzv_conf=timeout={launch.rdzv_timeout + RDZV_MARGIN}",
             ]
         argv.append("--max_restarts=0")
     argv.append(f"--nproc_per_node={launch.nproc_per_node}")

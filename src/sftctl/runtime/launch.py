@@ -7,6 +7,7 @@ import collections
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from sftctl.checks import host as hostcheck
 from sftctl.checks.registry import report
 from sftctl.config.presets import Loaded, set_path
 from sftctl.config.resolve import Overrides, Resolved, resolve, resolve_loaded
+from sftctl.config.schema import Launch
 from sftctl.config.yamlio import dump
 from sftctl.errors import ConfigError, LaunchError, Problem, RefusedError, errors_of
 from sftctl.resources import gpus, leases, memory
@@ -36,6 +38,7 @@ from sftctl.runtime.record import (
     new_run_id,
     now_iso,
     read_manifest,
+    staging_name,
 )
 from sftctl.swift.outputs import complete_checkpoints
 from sftctl.swift.values import as_texts
@@ -179,7 +182,10 @@ def prepare(
     launch = resolved.config.launch
     port = launch.master_port
     distributed = launch.launcher == "torchrun" or launch.nproc_per_node > 1 or launch.nnodes > 1
-    problems += hostcheck.check_port(port, port is not None and distributed and supervise.port_in_use(port))
+    # On several nodes only node 0 listens on master_port (c10d: whichever node hosts it).
+    listens = launch.nnodes == 1 or (launch.rdzv == "static" and launch.node_rank in (None, 0))
+    taken = port is not None and distributed and listens and supervise.port_in_use(port)
+    problems += hostcheck.check_port(port, taken)
     problems += hostcheck.check_disk(resolved, output_dir, hostcheck.model_dir_of(resolved, paths, cwd))
     problems += _check_fit(resolved, view, guess, opts.force)
     if errors_of(problems):
@@ -239,6 +245,29 @@ def run(
         return _checked_run(target, overrides, opts, cwd, loaded, env, picker)
     finally:
         picker.leases.release()
+
+
+def _node_record(run_dir: Path, node_rank: int | None) -> Path:
+    """The record to resume: node K's in a multi-node run folder (which holds one per node)."""
+    nodes = sorted(run_dir.glob("sftctl-manifest-node*.json")) if run_dir.is_dir() else []
+    if node_rank is not None:
+        mine = run_dir / f"sftctl-manifest-node{node_rank}.json"
+        if mine in nodes:
+            return mine
+        why = f"no record of node {node_rank} here" if nodes else "not a multi-node run's folder"
+        raise RefusedError(problems=[report("R002", str(run_dir), why, "give the node's own rank, or none")])
+    if len(nodes) > 1:
+        raise RefusedError(
+            problems=[
+                report(
+                    "R002",
+                    str(run_dir),
+                    f"a run of {len(nodes)} nodes: each node resumes itself",
+                    f"sftctl resume {run_dir} --node-rank K on each node",
+                )
+            ]
+        )
+    return run_dir
 
 
 def _next_rung_for_resume(loaded: Loaded, folder: Path, data: dict[str, Any]) -> Loaded:
@@ -310,7 +339,11 @@ def _checked_run(
     if unusable:
         raise RefusedError(problems=unusable)
     lock = _lock(folder, run_id, in_place, opts.lock_fd)
+    node = node_label(resolved.config.launch)
+    node_lock = None
     try:
+        if node is not None and not opts.detach:
+            node_lock = _lock_node(folder, run_id, node)
         picker.leases.record(
             {
                 "run_id": run_id,
@@ -327,12 +360,47 @@ def _checked_run(
         if opts.detach:
             # The background supervisor inherits the lock and the GPU leases themselves:
             # no moment without them.
-            return _detach(target, overrides, opts, output_dir, run_id, lock, picker.leases)
+            return _detach(target, overrides, opts, output_dir, run_id, lock, picker.leases, node)
         return _launch(
-            target, resolved, cmd, env, opts, cwd, output_dir, run_id, in_place, picker.leases, guess
+            target, resolved, cmd, env, opts, cwd, output_dir, run_id, in_place, picker.leases, guess, node
         )
     finally:
+        if node_lock is not None:
+            node_lock.release()
         lock.release()
+
+
+NODE_LABEL = "SFTCTL_NODE_LABEL"  # a detached c10d node's label, handed to its supervisor
+
+
+def node_label(launch: Launch) -> str | None:
+    """How a node of a multi-node run names its record: its rank, or (c10d, which assigns
+    ranks only at the rendezvous) its host and supervisor."""
+    if launch.nnodes == 1:
+        return None
+    if launch.node_rank is not None:
+        return str(launch.node_rank)
+    return os.environ.get(NODE_LABEL) or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _lock_node(folder: Path, run_id: str, node: str) -> ownership.Held:
+    """One supervisor per node of a run: a second one for the same node is refused."""
+    try:
+        return ownership.acquire(
+            folder / STAGING / staging_name(run_id, node), run_id, exclusive=True,
+            info={"pid": os.getpid(), "node": node, "started_at": now_iso()},
+        )  # fmt: skip
+    except ownership.Busy as busy:
+        raise RefusedError(
+            problems=[
+                report(
+                    "H022",
+                    "launch.node_rank",
+                    f"node {node} of run {run_id} is already running (pid {busy.holder.get('pid')})",
+                    "give each node its own --node-rank, or stop the other one first",
+                )
+            ]
+        ) from None
 
 
 def _lock(output_dir: Path, run_id: str, in_place: bool, inherited: int | None) -> ownership.Held:
@@ -390,6 +458,7 @@ def _launch(
     in_place: bool,
     held: leases.Leases,
     guess: memory.Estimate | None,
+    node: str | None = None,
 ) -> int:
     """Record, start and supervise the command; the output folder's lock is held by the caller."""
 
@@ -424,7 +493,7 @@ def _launch(
         ),
         in_place=in_place,
         run_id=run_id,
-        node=(resolved.config.launch.node_rank or 0) if resolved.config.launch.nnodes > 1 else None,
+        node=node,
     )
     if resolved.config.launch.nnodes > 1:
         record.data["nnodes"] = resolved.config.launch.nnodes
@@ -785,9 +854,10 @@ def _detach(
     run_id: str,
     lock: ownership.Held,
     held: leases.Leases,
+    node: str | None = None,
 ) -> int:
     """Start `sftctl run` again in its own session, so the run survives this terminal."""
-    staging = output_dir / STAGING / run_id
+    staging = output_dir / STAGING / staging_name(run_id, node)
     staging.mkdir(parents=True, exist_ok=True)
     argv = [
         sys.executable,
@@ -825,6 +895,7 @@ def _detach(
             cwd=Path.cwd(),
             # The same open locks: an flock holds while any holder lives.
             pass_fds=(lock.fd, *(lease.fd for lease in held.held)),
+            env={**os.environ, NODE_LABEL: node} if node is not None else None,
         )
     # Write a first manifest now, so `sftctl stop` works even before the background
     # supervisor has started up; the supervisor's own record replaces it.
@@ -933,11 +1004,12 @@ def stop(path: Path, grace: float = 30.0) -> int:
     return 0
 
 
-def resume(run_dir: Path, opts: RunOptions, sets: tuple[str, ...] = ()) -> int:
+def resume(run_dir: Path, opts: RunOptions, sets: tuple[str, ...] = (), node_rank: int | None = None) -> int:
     """Continue a recorded run from its last complete checkpoint. ``sets`` are the recovery
     flags (launch.on_oom=recover, ...); a run that ended out of memory then starts at the
-    ladder's next rung instead of running out again at the same place."""
-    _, data = read_manifest(run_dir)
+    ladder's next rung instead of running out again at the same place. A node of a
+    multi-node run resumes from its own record (``node_rank``), under the run's id."""
+    _, data = read_manifest(_node_record(run_dir, node_rank))
     supervised = data.get("status") in ("starting", "running") and _alive(
         data.get("supervisor_pid"), data.get("supervisor_start")
     )
@@ -983,10 +1055,11 @@ def resume(run_dir: Path, opts: RunOptions, sets: tuple[str, ...] = ()) -> int:
         set_path(loaded, key, True if value == "true" else value, "--" + key.split(".")[-1].replace("_", "-"))
     if data.get("status") == "out of memory" and loaded.data.get("launch", {}).get("on_oom") == "recover":
         loaded = _next_rung_for_resume(loaded, folder, data)
+    shared = str(data["run_id"]) if data.get("node") is not None and data.get("run_id") else None
     return run(
         data.get("target", str(run_dir)),
         Overrides(swift_version=str(data.get("swift_version"))),
-        RunOptions(grace=opts.grace, quiet=opts.quiet, resume=True, wait=opts.wait),
+        RunOptions(grace=opts.grace, quiet=opts.quiet, resume=True, wait=opts.wait, run_id=shared),
         cwd=Path(data.get("cwd") or Path.cwd()),
         loaded=loaded,
     )

@@ -23,9 +23,8 @@ class NodeWatch:
 
     def __init__(self, launch: Launch, step_timeout: float) -> None:
         self.launch = launch
-        # torchrun's own rendezvous timeout comes first where it was rendered.
-        margin = 5 if launch.launcher == "torchrun" else 0
-        self.rdzv_deadline = time.monotonic() + launch.rdzv_timeout + margin
+        # (torchrun's own rendezvous timeout is rendered later: this one ends the node.)
+        self.rdzv_deadline = time.monotonic() + launch.rdzv_timeout
         self.step_timeout = step_timeout
         self.met = False
         self.stats: Any = None  # progress.Stats of the run, attached once it is followed

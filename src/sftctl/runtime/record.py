@@ -35,6 +35,11 @@ STAGING = ".sftctl"
 POINTER = "manifest.json"
 
 
+def staging_name(run_id: str, node: str | None) -> str:
+    """The staging folder's name of a run (of one node of a multi-node run)."""
+    return run_id if node is None else f"{run_id}-node{node}"
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
 
@@ -70,7 +75,7 @@ class RunRecord:
     log_name: str = LOG
     manifest_name: str = MANIFEST
     jsonl_offset: int = 0  # logging.jsonl bytes of an earlier run in the same folder
-    node: int | None = None  # a multi-node run's node rank: every node keeps its own record
+    node: str | None = None  # a multi-node run's node (its rank): every node keeps its own record
     _before: set[str] = field(default_factory=set)
     _announced: Path | None = None
     _lock: threading.RLock = field(default_factory=threading.RLock)
@@ -85,13 +90,15 @@ class RunRecord:
         data: dict[str, Any],
         in_place: bool,
         run_id: str | None = None,
-        node: int | None = None,
+        node: str | None = None,
     ) -> RunRecord:
         rec = cls(output_dir, run_id or new_run_id(), data, in_place, node=node)
         if node is not None:
             # The nodes share the run folder (ms-swift names it once for all of them).
             rec.log_name, rec.manifest_name = f"sftctl-node{node}.log", f"sftctl-manifest-node{node}.json"
-            rec.data["node_rank"] = node
+            rec.data["node"] = node
+            if node.isdigit():
+                rec.data["node_rank"] = int(node)
         rec.staging.mkdir(parents=True, exist_ok=True)
         rec._before = {p.name for p in output_dir.iterdir()} if output_dir.is_dir() else set()
         if in_place and (output_dir / "logging.jsonl").is_file():
@@ -104,11 +111,7 @@ class RunRecord:
 
     @property
     def staging(self) -> Path:
-        return (
-            self.output_dir
-            / STAGING
-            / (self.run_id if self.node is None else f"{self.run_id}-node{self.node}")
-        )
+        return self.output_dir / STAGING / staging_name(self.run_id, self.node)
 
     @property
     def log(self) -> Path:
@@ -281,6 +284,7 @@ _FIELDS: dict[str, tuple[type, ...]] = {
     **dict.fromkeys(
         ("status", "run_id", "run_dir", "staging_dir", "config_yaml", "moved_to", "manifest", "started_at",
          "ended_at", "cwd", "target", "log", "last_checkpoint", "host", "layout", "gpus", "preset", "reason",
+         "node",
          "preset_hash"),
         (str, type(None)),
     ),
@@ -400,17 +404,17 @@ def list_runs(output_dir: Path, broken: list[str] | None = None) -> list[dict[st
             continue
         data["_manifest"] = str(path)
         key = str(data.get("run_id") or path)
-        node = data.get("node_rank")
-        if isinstance(node, int) and key in seen:
+        node = data.get("node")
+        if isinstance(node, str) and key in seen:
             # One row per multi-node run: node 0's record, with every node's status.
             first = seen[key]
-            statuses = {**first.get("node_status", {}), str(node): data.get("status")}
-            if node == 0:
+            statuses = {**first.get("node_status", {}), node: data.get("status")}
+            if node == "0":
                 first = data
             seen[key] = {**first, "node_status": statuses, "nodes": len(statuses)}
             continue
-        if isinstance(node, int):
-            data = {**data, "node_status": {str(node): data.get("status")}, "nodes": 1}
+        if isinstance(node, str):
+            data = {**data, "node_status": {node: data.get("status")}, "nodes": 1}
         seen[key] = data
     return sorted(seen.values(), key=lambda d: str(d.get("started_at", "")))
 
