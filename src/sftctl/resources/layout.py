@@ -8,6 +8,7 @@ what ms-swift will do; ``checks.layout`` says when that is wrong.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,11 @@ def sharding(args: dict[str, Any]) -> str | None:
     if args.get("fsdp") not in (None, "", "null", []):
         return "fsdp"
     return None
+
+
+def default_accumulation(batch: int, world: int) -> int:
+    """ms-swift's gradient_accumulation_steps when none is given: 16 rows a step in all."""
+    return max(1, math.ceil(16 / batch / max(world, 1)))
 
 
 def effective_batch(args: dict[str, Any], layout: Layout) -> int | None:

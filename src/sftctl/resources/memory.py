@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from sftctl.checks.registry import report
 from sftctl.errors import ConfigError
-from sftctl.resources.layout import Layout, truthy
+from sftctl.resources.layout import Layout, default_accumulation, truthy
 from sftctl.resources.params import GIB, count
 from sftctl.resources.shapes import Shape, UnknownModel, find
 
@@ -280,7 +280,7 @@ def read_run(
     length = max_length if packing else min(seq_len or max_length, max_length)
     accum = _int(
         args.get("gradient_accumulation_steps"),
-        max(1, math.ceil(16 / batch / max(world, 1))),
+        default_accumulation(batch, world),
         "gradient_accumulation_steps",
     )
     optim = str(args.get("optim") or "adamw_torch_fused")

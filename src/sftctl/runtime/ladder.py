@@ -12,12 +12,11 @@ the user allows it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sftctl.resources.layout import truthy
+from sftctl.resources.layout import default_accumulation, truthy
 
 # ms-swift reads these as "off"; anything else (including absent) leaves checkpointing on.
 _OFF = (False, "false", "False", "0", 0)
@@ -65,7 +64,7 @@ def batch_and_accumulation(args: Mapping[str, Any], world: int) -> tuple[int, in
     """The per-device batch and the accumulation ms-swift will use (its default
     accumulation keeps 16 rows per step: ceil(16 / batch / processes))."""
     batch = _count(args.get("per_device_train_batch_size"), 1)
-    accum = _count(args.get("gradient_accumulation_steps"), max(1, math.ceil(16 / batch / max(world, 1))))
+    accum = _count(args.get("gradient_accumulation_steps"), default_accumulation(batch, world))
     return batch, accum
 
 
