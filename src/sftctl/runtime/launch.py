@@ -20,7 +20,7 @@ from sftctl import launchers
 from sftctl.assets import builtin_paths
 from sftctl.checks import host as hostcheck
 from sftctl.checks.registry import report
-from sftctl.config.presets import Loaded, set_path
+from sftctl.config.presets import Loaded
 from sftctl.config.resolve import Overrides, Resolved, resolve, resolve_loaded
 from sftctl.config.schema import Launch
 from sftctl.config.yamlio import dump
@@ -181,7 +181,7 @@ def prepare(
     problems += hostcheck.check_output_dir(resolved, output_dir, opts.resume)
     launch = resolved.config.launch
     port = launch.master_port
-    distributed = launch.launcher == "torchrun" or launch.nproc_per_node > 1 or launch.nnodes > 1
+    distributed = _distributed(launch)
     # On several nodes only node 0 listens on master_port (c10d: whichever node hosts it).
     listens = launch.nnodes == 1 or (launch.rdzv == "static" and launch.node_rank in (None, 0))
     taken = port is not None and distributed and listens and supervise.port_in_use(port)
@@ -191,7 +191,7 @@ def prepare(
     if errors_of(problems):
         raise RefusedError(problems=errors_of(problems))
     warnings = [p.render() for p in problems]
-    chosen = supervise.find_free_port() if port is None and distributed else None
+    chosen = _port_for(resolved)
     return launchers.build(resolved, paths, master_port=chosen), paths, output_dir, warnings
 
 
@@ -270,13 +270,15 @@ def _node_record(run_dir: Path, node_rank: int | None) -> Path:
     return run_dir
 
 
-def _next_rung_for_resume(loaded: Loaded, folder: Path, data: dict[str, Any]) -> Loaded:
-    """The recorded run's config one rung up the out-of-memory ladder."""
-    from sftctl.config.resolve import resolve_loaded as again
+def _next_rung_for_resume(loaded: Loaded, folder: Path, data: dict[str, Any], overrides: Overrides) -> Loaded:
+    """The recorded run's config one rung up the out-of-memory ladder, when recovery is on;
+    as it was otherwise."""
     from sftctl.runtime import recover
 
     env = dict(os.environ)
-    resolved = again(loaded, Overrides(swift_version=str(data.get("swift_version"))), env=env)
+    resolved = resolve_loaded(loaded, overrides, env=env)
+    if resolved.config.launch.on_oom != "recover":
+        return loaded
     nxt = recover.next_attempt(resolved, folder, len(data.get("attempts") or []) or 1, env)
     if isinstance(nxt, recover.GiveUp):
         raise RefusedError(problems=[report("R004", str(folder), nxt.why, nxt.fix)])
@@ -587,7 +589,7 @@ def _attempts(resolved: Resolved, cmd: launchers.Command, live: _Live, wall: flo
             return outcome.returncode
         resolved = nxt.resolved
         change = nxt.rung.why
-        delta = {k: v for k, v in nxt.rung.delta.items()}
+        delta = dict(nxt.rung.delta)
         resumed_from, optimizer = nxt.resumed_from, nxt.optimizer
         cmd = launchers.build(resolved, builtin_paths(resolved), master_port=_port_for(resolved))
         document = resolved.document()
@@ -612,10 +614,14 @@ def _attempts(resolved: Resolved, cmd: launchers.Command, live: _Live, wall: flo
 
 
 def _port_for(resolved: Resolved) -> int | None:
-    """A fresh rendezvous port for a distributed attempt that names none."""
+    """A free rendezvous port, chosen at launch, for a distributed run that names none."""
     launch = resolved.config.launch
-    distributed = launch.launcher == "torchrun" or launch.nproc_per_node > 1 or launch.nnodes > 1
-    return supervise.find_free_port() if launch.master_port is None and distributed else None
+    return supervise.find_free_port() if launch.master_port is None and _distributed(launch) else None
+
+
+def _distributed(launch: Launch) -> bool:
+    """The command starts torchrun (itself, or through ms-swift's launcher)."""
+    return launch.launcher == "torchrun" or launch.nproc_per_node > 1 or launch.nnodes > 1
 
 
 def _node_watch(resolved: Resolved) -> Any:
@@ -1050,15 +1056,14 @@ def resume(run_dir: Path, opts: RunOptions, sets: tuple[str, ...] = (), node_ran
     loaded.data["args"].pop("resume_only_model", None)
     loaded.data["args"]["resume_from_checkpoint"] = str(done[-1])
     loaded.origin["args.resume_from_checkpoint"] = "manifest"
-    for item in sets:
-        key, _, value = item.partition("=")
-        set_path(loaded, key, True if value == "true" else value, "--" + key.split(".")[-1].replace("_", "-"))
-    if data.get("status") == "out of memory" and loaded.data.get("launch", {}).get("on_oom") == "recover":
-        loaded = _next_rung_for_resume(loaded, folder, data)
+    # The recovery flags are --set overrides like any other: validated and typed there.
+    overrides = Overrides(sets=sets, swift_version=str(data.get("swift_version")))
+    if data.get("status") == "out of memory":
+        loaded = _next_rung_for_resume(loaded, folder, data, overrides)
     shared = str(data["run_id"]) if data.get("node") is not None and data.get("run_id") else None
     return run(
         data.get("target", str(run_dir)),
-        Overrides(swift_version=str(data.get("swift_version"))),
+        overrides,
         RunOptions(grace=opts.grace, quiet=opts.quiet, resume=True, wait=opts.wait, run_id=shared),
         cwd=Path(data.get("cwd") or Path.cwd()),
         loaded=loaded,
